@@ -1,0 +1,7 @@
+//! Infrastructure shared by every LogiCore role, with no business rules: configuration,
+//! storage, HTTP plumbing (problem+json, JSON extraction, request ids, listeners), telemetry
+//! and process lifecycle.
+//!
+//! This crate depends on external crates only; services, the gateway and the CLI build on it.
+
+pub mod config;
