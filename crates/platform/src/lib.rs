@@ -5,3 +5,8 @@
 //! This crate depends on external crates only; services, the gateway and the CLI build on it.
 
 pub mod config;
+pub mod db;
+pub mod http;
+pub mod lifecycle;
+#[cfg(feature = "test-util")]
+pub mod testing;

@@ -1,0 +1,180 @@
+//! Per-request context: the request id, the trace id, the access-log event.
+//!
+//! [`request_context`] is the outermost middleware of every listener. It takes the client's
+//! `x-request-id` when it is 1–128 characters of `[A-Za-z0-9._-]` (or makes a UUIDv7), opens the
+//! `request` span every log line of the request carries, answers with the id, and logs one
+//! access event with the fields of SPEC §6.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use tracing::Instrument;
+
+/// The request id header.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+tokio::task_local! {
+    static CURRENT: RequestInfo;
+}
+
+/// What the code handling a request may want to know about it without threading it through.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// The request id answered in `x-request-id`.
+    pub request_id: String,
+    /// The request path, used as `instance` in problem documents.
+    pub path: String,
+}
+
+/// The peer address of the connection, inserted by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Returns the path of the request being handled on this task, if any.
+pub fn current_path() -> Option<String> {
+    CURRENT.try_with(|info| info.path.clone()).ok()
+}
+
+/// Returns the id of the request being handled on this task, if any.
+pub fn current_request_id() -> Option<String> {
+    CURRENT.try_with(|info| info.request_id.clone()).ok()
+}
+
+/// Settings of the request-context middleware of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLog {
+    /// The role answering (`gateway`, `admin`, `catalog`, ...), logged as `service`.
+    pub service: &'static str,
+    /// Whether one event per request is logged.
+    pub enabled: bool,
+}
+
+/// Middleware: request id, request span, access log.
+pub async fn request_context(
+    State(access_log): State<AccessLog>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let request_id =
+        accepted_request_id(request.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let trace_id = trace_id_from(request.headers())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let header_value = HeaderValue::from_str(&request_id).ok();
+    if let Some(value) = &header_value {
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), value.clone());
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let ip = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|addr| addr.0.ip().to_string())
+        .unwrap_or_default();
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+
+    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id);
+    let info = RequestInfo {
+        request_id,
+        path: path.clone(),
+    };
+    let mut response = CURRENT
+        .scope(info, next.run(request).instrument(span.clone()))
+        .await;
+    if let Some(value) = header_value {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    if access_log.enabled {
+        let duration_ms = started.elapsed().as_micros() as f64 / 1000.0;
+        span.in_scope(|| {
+            tracing::info!(
+                service = access_log.service,
+                method = %method,
+                path = %path,
+                status = response.status().as_u16(),
+                duration_ms,
+                ip = %ip,
+                user_agent = %user_agent,
+                "request"
+            );
+        });
+    }
+    response
+}
+
+fn accepted_request_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(&X_REQUEST_ID)?.to_str().ok()?;
+    let acceptable = (1..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'));
+    acceptable.then(|| value.to_owned())
+}
+
+/// Returns the trace id of a valid W3C `traceparent` header.
+fn trace_id_from(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (version, trace_id, parent_id) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |text: &str, len: usize| {
+        text.len() == len
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && hex(parent_id, 16);
+    valid.then(|| trace_id.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_when_well_formed() {
+        let id = accepted_request_id(&headers("x-request-id", "abc-123_X.y"));
+        assert_eq!(id.as_deref(), Some("abc-123_X.y"));
+        assert_eq!(
+            accepted_request_id(&headers("x-request-id", "bad id")),
+            None
+        );
+        assert_eq!(
+            accepted_request_id(&headers("x-request-id", &"a".repeat(129))),
+            None
+        );
+        assert_eq!(accepted_request_id(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id_from(&headers("traceparent", valid)).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let zero = "00-00000000000000000000000000000000-00f067aa0ba902b7-01";
+        assert_eq!(trace_id_from(&headers("traceparent", zero)), None);
+        assert_eq!(trace_id_from(&headers("traceparent", "garbage")), None);
+    }
+}

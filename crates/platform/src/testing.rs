@@ -1,0 +1,132 @@
+//! Test helpers (feature `test-util`): fresh databases on every backend the run has.
+//!
+//! SQLite is always there. PostgreSQL is added when `LOGICORE_TEST_POSTGRES_URL` is set; then
+//! each test database is a schema of its own, and an unreachable server fails the test loudly
+//! rather than skipping it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::config::{ConnectionUrl, SqliteSynchronous};
+use crate::db::{Backend, Db, DbOptions};
+
+/// The variable naming the PostgreSQL server of the test run.
+pub const POSTGRES_URL_VAR: &str = "LOGICORE_TEST_POSTGRES_URL";
+
+/// Schemas of earlier runs older than this are dropped when a new one is made.
+const STALE_SCHEMA_AGE: Duration = Duration::from_secs(3600);
+
+/// A fresh, empty database for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The handle under test.
+    pub db: Db,
+    /// The URL it was opened with (for starting a process on the same database).
+    pub url: ConnectionUrl,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// Returns one fresh database per backend of this run: SQLite, and PostgreSQL when
+    /// `LOGICORE_TEST_POSTGRES_URL` is set.
+    pub async fn all() -> Vec<TestDb> {
+        let mut databases = vec![TestDb::sqlite().await];
+        if let Some(url) = postgres_url() {
+            databases.push(TestDb::postgres(&url).await);
+        }
+        databases
+    }
+
+    /// A SQLite file in a temporary directory.
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        let url = ConnectionUrl::new(format!("sqlite://{}", dir.path().join("test.db").display()));
+        let db = Db::connect(&url, &options())
+            .await
+            .expect("cannot open SQLite");
+        TestDb {
+            db,
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new schema on the PostgreSQL server at `base_url`.
+    pub async fn postgres(base_url: &str) -> TestDb {
+        let url = ConnectionUrl::new(fresh_schema_url(base_url).await);
+        let db = Db::connect(&url, &options())
+            .await
+            .unwrap_or_else(|err| panic!("{POSTGRES_URL_VAR} is set but PostgreSQL failed: {err}"));
+        TestDb {
+            db,
+            url,
+            _dir: None,
+        }
+    }
+
+    /// Returns a label for assertion messages (`sqlite`, `postgres`).
+    pub fn label(&self) -> &'static str {
+        match self.db.backend() {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Returns the PostgreSQL URL of this test run, if any.
+pub fn postgres_url() -> Option<String> {
+    std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// Creates a schema named `lct_<unix seconds>_<random>` and returns a URL whose connections
+/// use it; drops schemas that earlier runs left behind.
+pub async fn fresh_schema_url(base_url: &str) -> String {
+    let mut admin = PgConnection::connect(base_url).await.unwrap_or_else(|err| {
+        panic!("{POSTGRES_URL_VAR} is set but PostgreSQL is unreachable: {err}")
+    });
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    drop_stale_schemas(&mut admin, now).await;
+    let schema = format!("lct_{now}_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .await
+        .expect("cannot create a test schema");
+    let separator = if base_url.contains('?') { '&' } else { '?' };
+    format!("{base_url}{separator}options=-c%20search_path%3D{schema}")
+}
+
+async fn drop_stale_schemas(admin: &mut PgConnection, now: u64) {
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'lct\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap_or_default();
+    for (name,) in names {
+        let created = name
+            .split('_')
+            .nth(1)
+            .and_then(|seconds| seconds.parse::<u64>().ok())
+            .unwrap_or(0);
+        if now.saturating_sub(created) > STALE_SCHEMA_AGE.as_secs() {
+            let _ = admin
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE"
+                )))
+                .await;
+        }
+    }
+}
+
+fn options() -> DbOptions {
+    DbOptions {
+        max_connections: 5,
+        sqlite_synchronous: SqliteSynchronous::Normal,
+        slow_query: Duration::from_secs(5),
+    }
+}
