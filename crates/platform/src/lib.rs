@@ -8,5 +8,6 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod lifecycle;
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -1,6 +1,8 @@
 //! The storage layer on every backend of the run (SQLite; PostgreSQL when configured).
 
-use logicore_platform::db::{Db, Migration, apply_migrations, migration_status};
+use logicore_platform::db::{
+    Db, Migration, Violation, apply_migrations, migration_status, violation,
+};
 use logicore_platform::testing::TestDb;
 use sea_query::{Expr, ExprTrait, Iden, Query};
 
@@ -114,5 +116,47 @@ async fn concurrent_write_transactions_queue_instead_of_failing() {
         } else {
             assert!(read_counter(&db).await >= 1);
         }
+    }
+}
+
+#[tokio::test]
+async fn restricted_deletes_and_duplicates_are_classified_on_every_backend() {
+    for test_db in TestDb::all().await {
+        let mut tx = test_db.db.begin().await.unwrap();
+        tx.execute_script(
+            "CREATE TABLE parents (id INTEGER PRIMARY KEY);
+             CREATE TABLE children (id INTEGER PRIMARY KEY,
+                 parent_id INTEGER REFERENCES parents (id) ON DELETE RESTRICT);
+             INSERT INTO parents (id) VALUES (1);
+             INSERT INTO children (id, parent_id) VALUES (1, 1);",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = test_db.db.begin().await.unwrap();
+        let err = tx
+            .execute_script("DELETE FROM parents WHERE id = 1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            violation(&err),
+            Some(Violation::ForeignKey),
+            "{}: {err}",
+            test_db.label()
+        );
+        drop(tx);
+
+        let mut tx = test_db.db.begin().await.unwrap();
+        let err = tx
+            .execute_script("INSERT INTO parents (id) VALUES (1)")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            violation(&err),
+            Some(Violation::Unique),
+            "{}: {err}",
+            test_db.label()
+        );
     }
 }

@@ -13,7 +13,6 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
-use sea_query_sqlx::SqlxBinder;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -23,6 +22,7 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transac
 use crate::config::{self, ConnectionUrl};
 
 pub use migrate::{Migration, MigrationStatus, apply_migrations, migration_status};
+pub use sea_query_sqlx::SqlxBinder;
 
 /// How long a connection attempt or a pool checkout may take before it is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -353,9 +353,15 @@ pub enum Violation {
 /// Classifies a constraint violation so `store.rs` can turn it into a domain error.
 pub fn violation(error: &sqlx::Error) -> Option<Violation> {
     let database_error = error.as_database_error()?;
+    // SQLite reports `ON DELETE RESTRICT` as SQLITE_CONSTRAINT_TRIGGER (1811), not as
+    // SQLITE_CONSTRAINT_FOREIGNKEY, with the same message.
+    let restrict_on_sqlite = database_error.code().as_deref() == Some("1811")
+        && database_error
+            .message()
+            .contains("FOREIGN KEY constraint failed");
     if database_error.is_unique_violation() {
         Some(Violation::Unique)
-    } else if database_error.is_foreign_key_violation() {
+    } else if database_error.is_foreign_key_violation() || restrict_on_sqlite {
         Some(Violation::ForeignKey)
     } else {
         None

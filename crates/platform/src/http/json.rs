@@ -88,6 +88,54 @@ fn malformed(err: &serde_json::Error) -> Problem {
     )
 }
 
+/// Fields a client may send back but never sets: they are ignored in request bodies.
+pub const READ_ONLY_FIELDS: [&str; 3] = ["id", "created_at", "updated_at"];
+
+/// Parses a JSON object body into `T` after dropping the read-only fields.
+pub fn parse_object<T: DeserializeOwned>(mut value: serde_json::Value) -> Result<T, Problem> {
+    let Some(object) = value.as_object_mut() else {
+        return Err(Problem::validation(vec![FieldError::new(
+            "",
+            "must be a JSON object",
+        )]));
+    };
+    for field in READ_ONLY_FIELDS {
+        object.remove(field);
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let pointer = json_pointer(err.path());
+        Problem::validation(vec![field_error_from_serde(
+            pointer,
+            &err.inner().to_string(),
+        )])
+    })
+}
+
+/// Applies an RFC 7396 JSON merge patch to `target`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(patch_fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(target_fields) = target {
+        for (key, value) in patch_fields {
+            if value.is_null() {
+                target_fields.remove(key);
+            } else {
+                merge_patch(
+                    target_fields
+                        .entry(key.clone())
+                        .or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+    }
+}
+
 /// Converts a serde path (`items[0].quantity`) to a JSON Pointer (`/items/0/quantity`).
 pub fn json_pointer(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
@@ -118,6 +166,8 @@ fn field_error_from_serde(pointer: String, message: &str) -> FieldError {
         "must not be null".to_owned()
     } else if message.contains("expected i64") || message.contains("expected u") {
         "must be an integer".to_owned()
+    } else if message.contains("UUID") {
+        "must be a UUID".to_owned()
     } else {
         message.to_owned()
     };
@@ -190,6 +240,29 @@ mod tests {
     fn unknown_fields_are_named() {
         let (_, errors) = field_of(r#"{"items":[],"colour":"red"}"#);
         assert_eq!(errors[0].field, "/colour");
+    }
+
+    #[test]
+    fn merge_patches_follow_rfc_7396() {
+        let mut target = serde_json::json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(
+            &mut target,
+            &serde_json::json!({"a": "z", "c": {"f": null}}),
+        );
+        assert_eq!(target, serde_json::json!({"a": "z", "c": {"d": "e"}}));
+        merge_patch(&mut target, &serde_json::json!(["x"]));
+        assert_eq!(target, serde_json::json!(["x"]));
+    }
+
+    #[test]
+    fn read_only_fields_are_ignored_and_others_checked() {
+        let value = serde_json::json!({"id": "x", "created_at": 1, "items": [], "note": null});
+        assert!(parse_object::<Order>(value).is_ok());
+        let problem =
+            parse_object::<Order>(serde_json::json!({"items": [], "bogus": 1})).unwrap_err();
+        assert_eq!(problem.errors[0].field, "/bogus");
+        let problem = parse_object::<Order>(serde_json::json!([1])).unwrap_err();
+        assert_eq!(problem.errors[0].message, "must be a JSON object");
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! Telemetry: the one `tracing` subscriber stack of the process.
+//!
+//! Logs go to stdout (JSON, or human format on a terminal) and to a daily file
+//! `<dir>/<prefix>.YYYY-MM-DD.log` as flat JSON lines (SPEC §6). Older files are gzip-compressed
+//! and only the newest `max_files` are kept; [`retention`] does that, since tracing-appender does
+//! neither.
+
+mod json;
+pub mod retention;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub use json::FlatJson;
+
+use crate::config::LogFormat;
+
+/// How often rotated files are compressed and pruned.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Where and how the process logs.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// Level or filter directives.
+    pub level: String,
+    /// Stdout format.
+    pub format: LogFormat,
+    /// Directory of the log files.
+    pub dir: PathBuf,
+    /// File name prefix: `logicore`, or `logicore-<role>` for a single-role process.
+    pub file_prefix: String,
+    /// Files kept, the current one included.
+    pub max_files: usize,
+    /// `service` of lines that do not say which service wrote them.
+    pub default_service: &'static str,
+}
+
+/// Keeps the file writer flushing; drop it last, at exit.
+#[derive(Debug)]
+pub struct LogGuard {
+    _writer: WorkerGuard,
+}
+
+/// Installs the global subscriber. Call once, early in `main`.
+pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
+    // tracing-appender complains when the directory is missing; create it first.
+    std::fs::create_dir_all(&settings.dir).with_context(|| {
+        format!(
+            "failed to create the log directory {}",
+            settings.dir.display()
+        )
+    })?;
+    let appender = RollingBuilder::new()
+        .rotation(Rotation::DAILY)
+        .filename_prefix(&settings.file_prefix)
+        .filename_suffix("log")
+        .build(&settings.dir)
+        .context("failed to open the log file")?;
+    let (file_writer, guard) = tracing_appender::non_blocking(appender);
+    retention::spawn(
+        settings.dir.clone(),
+        settings.file_prefix.clone(),
+        settings.max_files,
+        RETENTION_INTERVAL,
+    );
+
+    let filter = EnvFilter::try_new(&settings.level).context("invalid log.level")?;
+    let file_layer = tracing_subscriber::fmt::layer()
+        .fmt_fields(JsonFields::new())
+        .event_format(FlatJson::new(settings.default_service))
+        .with_writer(file_writer);
+    let json_stdout = match settings.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(file_layer);
+    if json_stdout {
+        let stdout_layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson::new(settings.default_service))
+            .with_writer(std::io::stdout);
+        registry.with(stdout_layer).try_init()
+    } else {
+        let stdout_layer = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+        registry.with(stdout_layer).try_init()
+    }
+    .context("a logger is already installed")?;
+    Ok(LogGuard { _writer: guard })
+}

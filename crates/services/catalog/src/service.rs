@@ -1,0 +1,181 @@
+//! Catalog operations: the rules that span a request (ids, timestamps, lookups by slug).
+
+use chrono::{DateTime, SubsecRound, Utc};
+use logicore_contracts::{CategoryId, ProductId};
+use logicore_platform::db::Db;
+use logicore_platform::http::{Page, PageRequest, Problem, pagination};
+use uuid::Uuid;
+
+use crate::domain::{Category, CategoryFields, Product, ProductFields};
+use crate::error::CatalogError;
+use crate::store::CatalogStore;
+
+/// How `GET /products?category=` names the category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CategoryFilter {
+    /// By id.
+    Id(CategoryId),
+    /// By slug.
+    Slug(String),
+}
+
+impl CategoryFilter {
+    /// Reads a filter value: a UUID is an id, anything else a slug.
+    pub fn parse(text: &str) -> Self {
+        match text.parse::<CategoryId>() {
+            Ok(id) => CategoryFilter::Id(id),
+            Err(_) => CategoryFilter::Slug(text.to_owned()),
+        }
+    }
+}
+
+/// The catalog service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CatalogService {
+    store: CatalogStore,
+}
+
+impl CatalogService {
+    /// Creates the service over a database that has the catalog migrations applied.
+    pub fn new(db: Db) -> Self {
+        CatalogService {
+            store: CatalogStore::new(db),
+        }
+    }
+
+    /// Returns one page of categories.
+    pub async fn list_categories(&self, page: &PageRequest) -> Result<Page<Category>, Problem> {
+        let after = cursor_id(page)?;
+        let items = self
+            .store
+            .list_categories(after, u64::from(page.limit) + 1)
+            .await?;
+        Ok(Page::from_overfetch(items, page.limit, |category| {
+            category.id.as_uuid().as_bytes().to_vec()
+        }))
+    }
+
+    /// Returns one category.
+    pub async fn get_category(&self, id: CategoryId) -> Result<Category, CatalogError> {
+        self.store
+            .get_category(id)
+            .await?
+            .ok_or(CatalogError::NotFound("category"))
+    }
+
+    /// Creates a category.
+    pub async fn create_category(&self, fields: CategoryFields) -> Result<Category, CatalogError> {
+        let now = now();
+        let category = Category {
+            id: CategoryId::generate(),
+            fields,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_category(&category).await?;
+        Ok(category)
+    }
+
+    /// Replaces a category's fields.
+    pub async fn replace_category(
+        &self,
+        id: CategoryId,
+        fields: CategoryFields,
+    ) -> Result<Category, CatalogError> {
+        if !self.store.update_category(id, &fields, now()).await? {
+            return Err(CatalogError::NotFound("category"));
+        }
+        self.get_category(id).await
+    }
+
+    /// Deletes a category that has no products.
+    pub async fn delete_category(&self, id: CategoryId) -> Result<(), CatalogError> {
+        if !self.store.delete_category(id).await? {
+            return Err(CatalogError::NotFound("category"));
+        }
+        Ok(())
+    }
+
+    /// Returns one page of products, optionally of one category.
+    pub async fn list_products(
+        &self,
+        filter: Option<CategoryFilter>,
+        page: &PageRequest,
+    ) -> Result<Page<Product>, Problem> {
+        let after = cursor_id(page)?;
+        let category = match filter {
+            None => None,
+            Some(CategoryFilter::Id(id)) => Some(id),
+            Some(CategoryFilter::Slug(slug)) => {
+                match self.store.find_category_by_slug(&slug).await? {
+                    Some(category) => Some(category.id),
+                    None => {
+                        return Ok(Page::from_overfetch(Vec::new(), page.limit, |_| Vec::new()));
+                    }
+                }
+            }
+        };
+        let items = self
+            .store
+            .list_products(category, after, u64::from(page.limit) + 1)
+            .await?;
+        Ok(Page::from_overfetch(items, page.limit, |product| {
+            product.id.as_uuid().as_bytes().to_vec()
+        }))
+    }
+
+    /// Returns one product.
+    pub async fn get_product(&self, id: ProductId) -> Result<Product, CatalogError> {
+        self.store
+            .get_product(id)
+            .await?
+            .ok_or(CatalogError::NotFound("product"))
+    }
+
+    /// Creates a product.
+    pub async fn create_product(&self, fields: ProductFields) -> Result<Product, CatalogError> {
+        let now = now();
+        let product = Product {
+            id: ProductId::generate(),
+            fields,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_product(&product).await?;
+        Ok(product)
+    }
+
+    /// Replaces a product's fields.
+    pub async fn replace_product(
+        &self,
+        id: ProductId,
+        fields: ProductFields,
+    ) -> Result<Product, CatalogError> {
+        if !self.store.update_product(id, &fields, now()).await? {
+            return Err(CatalogError::NotFound("product"));
+        }
+        self.get_product(id).await
+    }
+
+    /// Deletes a product.
+    pub async fn delete_product(&self, id: ProductId) -> Result<(), CatalogError> {
+        if !self.store.delete_product(id).await? {
+            return Err(CatalogError::NotFound("product"));
+        }
+        Ok(())
+    }
+}
+
+/// Timestamps are kept to the microsecond, PostgreSQL's precision, so both backends agree.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn cursor_id(page: &PageRequest) -> Result<Option<Uuid>, Problem> {
+    match &page.after {
+        None => Ok(None),
+        Some(bytes) => Uuid::from_slice(bytes)
+            .map(Some)
+            .map_err(|_| pagination::invalid_cursor()),
+    }
+}
