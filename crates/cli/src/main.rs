@@ -1,1 +1,123 @@
-fn main() {}
+//! The `logicore` binary: parse the command line, load the config (exit 2 on a bad key), then
+//! run the command. Runtime failures exit 1.
+
+mod assembly;
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use logicore_platform::config::{self, Config, ConfigSource};
+use logicore_platform::db::{apply_migrations, migration_status};
+use logicore_platform::lifecycle;
+use logicore_platform::telemetry::{self, LogGuard, LogSettings};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, ConfigAction};
+
+/// Exit code for configuration and usage errors (clap uses it too).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(command_line) = cli.command.not_yet_supported() {
+        eprintln!("logicore: `{command_line}` is not yet supported by this build");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let source = ConfigSource::from_process(cli.config.clone(), Some(cli.data_dir.clone()));
+    let config = match config::load(&source) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("logicore: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(err) = assembly::check_routes(&config) {
+        eprintln!("logicore: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("logicore: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "fatal");
+            eprintln!("logicore: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Up => up(config).await,
+        Command::Migrate { status } => migrate(config, status).await,
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            println!("config OK");
+            Ok(())
+        }
+        Command::Config {
+            action: ConfigAction::Show,
+        } => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        other => anyhow::bail!("{other:?} is not yet supported"),
+    }
+}
+
+fn init_logging(config: &Config, to_files: bool) -> anyhow::Result<LogGuard> {
+    telemetry::init_logging(&LogSettings {
+        level: config.log.level.clone(),
+        format: config.log.format,
+        dir: to_files.then(|| config.log_dir()),
+        file_prefix: "logicore".to_owned(),
+        max_files: config.log.max_files as usize,
+        default_service: "logicore",
+    })
+}
+
+async fn up(config: Config) -> anyhow::Result<()> {
+    let _log_guard = init_logging(&config, true)?;
+    let platform = assembly::Platform::build(&config).await?;
+    let shutdown = CancellationToken::new();
+    lifecycle::cancel_on_signals(shutdown.clone());
+    platform.run(shutdown).await;
+    Ok(())
+}
+
+async fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
+    let _log_guard = init_logging(&config, false)?;
+    let db = assembly::open_database(&config).await?;
+    let migrations = assembly::all_migrations();
+    if status_only {
+        let statuses = migration_status(&db, &migrations)
+            .await
+            .context("failed to read the migration state")?;
+        println!("{:<12} {:<28} name", "version", "applied at");
+        for status in statuses {
+            let applied = status
+                .applied_at
+                .map_or_else(|| "pending".to_owned(), |at| at.to_rfc3339());
+            println!("{:<12} {:<28} {}", status.version, applied, status.name);
+        }
+    } else {
+        let applied = apply_migrations(&db, &migrations)
+            .await
+            .context("failed to apply migrations")?;
+        println!("{} migration(s) applied", applied.len());
+    }
+    db.close().await;
+    Ok(())
+}

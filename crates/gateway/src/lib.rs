@@ -1,1 +1,79 @@
-//! stub
+//! The LogiCore edge: the routing table, upstreams, per-route policies, request hygiene, the
+//! OpenAPI description with its offline `/docs`, and the admin listener.
+//!
+//! It depends on `platform` and `contracts`, never on a service crate: services are handed
+//! to it as routers by the assembly in the CLI.
+
+pub mod admin;
+pub mod hygiene;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use logicore_platform::http::request_context::{AccessLog, request_context};
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use admin::{ReadinessCheck, admin_router};
+pub use routing::{Route, RouteTable, RoutingError, Upstream};
+
+/// Gateway settings taken from `[gateway]`.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewaySettings {
+    /// Largest request body accepted (413 above).
+    pub body_limit: usize,
+    /// Largest request header block accepted (431 above).
+    pub max_header_bytes: usize,
+    /// Log one event per request.
+    pub access_log: bool,
+}
+
+/// Returns the public router: `/health`, `/openapi.json`, `/docs`, and every routed prefix.
+pub fn gateway_router(
+    table: RouteTable,
+    openapi: utoipa::openapi::OpenApi,
+    settings: GatewaySettings,
+) -> Router {
+    let state = proxy::ProxyState {
+        table: Arc::new(table),
+        body_limit: settings.body_limit,
+    };
+    Router::new()
+        .route("/health", get(admin::health))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(proxy::proxy)
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            settings.max_header_bytes,
+            proxy::edge_checks,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            AccessLog {
+                service: "gateway",
+                enabled: settings.access_log,
+            },
+            request_context,
+        ))
+}
+
+/// Returns the platform's OpenAPI description: the services' paths under one document.
+pub fn merged_openapi(parts: Vec<utoipa::openapi::OpenApi>) -> utoipa::openapi::OpenApi {
+    let mut api = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("LogiCore API")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "The LogiCore platform API. Errors are RFC 9457 application/problem+json.",
+                ))
+                .build(),
+        )
+        .build();
+    for part in parts {
+        api.merge(part);
+    }
+    api
+}

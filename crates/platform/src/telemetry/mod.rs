@@ -9,7 +9,7 @@ mod json;
 pub mod retention;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -34,8 +34,8 @@ pub struct LogSettings {
     pub level: String,
     /// Stdout format.
     pub format: LogFormat,
-    /// Directory of the log files.
-    pub dir: PathBuf,
+    /// Directory of the log files; `None` logs to stdout only (one-shot commands).
+    pub dir: Option<PathBuf>,
     /// File name prefix: `logicore`, or `logicore-<role>` for a single-role process.
     pub file_prefix: String,
     /// Files kept, the current one included.
@@ -47,37 +47,23 @@ pub struct LogSettings {
 /// Keeps the file writer flushing; drop it last, at exit.
 #[derive(Debug)]
 pub struct LogGuard {
-    _writer: WorkerGuard,
+    _writer: Option<WorkerGuard>,
 }
 
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
-    // tracing-appender complains when the directory is missing; create it first.
-    std::fs::create_dir_all(&settings.dir).with_context(|| {
-        format!(
-            "failed to create the log directory {}",
-            settings.dir.display()
-        )
-    })?;
-    let appender = RollingBuilder::new()
-        .rotation(Rotation::DAILY)
-        .filename_prefix(&settings.file_prefix)
-        .filename_suffix("log")
-        .build(&settings.dir)
-        .context("failed to open the log file")?;
-    let (file_writer, guard) = tracing_appender::non_blocking(appender);
-    retention::spawn(
-        settings.dir.clone(),
-        settings.file_prefix.clone(),
-        settings.max_files,
-        RETENTION_INTERVAL,
-    );
-
     let filter = EnvFilter::try_new(&settings.level).context("invalid log.level")?;
-    let file_layer = tracing_subscriber::fmt::layer()
-        .fmt_fields(JsonFields::new())
-        .event_format(FlatJson::new(settings.default_service))
-        .with_writer(file_writer);
+    let (file_layer, guard) = match &settings.dir {
+        Some(dir) => {
+            let (writer, guard) = file_writer(dir, settings)?;
+            let layer = tracing_subscriber::fmt::layer()
+                .fmt_fields(JsonFields::new())
+                .event_format(FlatJson::new(settings.default_service))
+                .with_writer(writer);
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
     let json_stdout = match settings.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
@@ -96,4 +82,26 @@ pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
     }
     .context("a logger is already installed")?;
     Ok(LogGuard { _writer: guard })
+}
+
+fn file_writer(
+    dir: &Path,
+    settings: &LogSettings,
+) -> anyhow::Result<(tracing_appender::non_blocking::NonBlocking, WorkerGuard)> {
+    // tracing-appender complains when the directory is missing; create it first.
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create the log directory {}", dir.display()))?;
+    let appender = RollingBuilder::new()
+        .rotation(Rotation::DAILY)
+        .filename_prefix(&settings.file_prefix)
+        .filename_suffix("log")
+        .build(dir)
+        .context("failed to open the log file")?;
+    retention::spawn(
+        dir.to_path_buf(),
+        settings.file_prefix.clone(),
+        settings.max_files,
+        RETENTION_INTERVAL,
+    );
+    Ok(tracing_appender::non_blocking(appender))
 }

@@ -1,0 +1,313 @@
+//! The catalog through the gateway of `logicore up`.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Database, Setup, file_log_events, product, raw_http};
+
+#[tokio::test]
+async fn up_serves_the_catalog_through_the_gateway() {
+    for database in Database::all().await {
+        let label = database.label();
+        let setup = Setup::new(database);
+        let platform = setup.start();
+        let client = &platform.client;
+
+        let empty: Value = client
+            .get(platform.url("/api/v1/products"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(empty, json!({"items": [], "next_cursor": null}), "{label}");
+
+        let category = client
+            .post(platform.url("/api/v1/product-categories"))
+            .json(&json!({"name": "Reefer Containers"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(category.status(), StatusCode::CREATED, "{label}");
+        let category: Value = category.json().await.unwrap();
+        assert_eq!(category["slug"], "reefer-containers");
+
+        let mut body = product("REEF-40");
+        body["category_id"] = category["id"].clone();
+        let created = client
+            .post(platform.url("/api/v1/products"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED, "{label}");
+        let location = created.headers()["location"].to_str().unwrap().to_owned();
+        let created: Value = created.json().await.unwrap();
+        assert_eq!(
+            location,
+            format!("/api/v1/products/{}", created["id"].as_str().unwrap())
+        );
+
+        let listed: Value = client
+            .get(platform.url("/api/v1/products?category=reefer-containers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["items"][0]["sku"], "REEF-40", "{label}");
+
+        let categories = client
+            .get(platform.url("/api/v1/product-categories"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            categories.headers()["cache-control"],
+            "public, max-age=3600"
+        );
+        let etag = categories.headers()["etag"].clone();
+        let revalidated = client
+            .get(platform.url("/api/v1/product-categories"))
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_and_request_ids() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let client = &platform.client;
+
+    let health = client.get(platform.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let admin_health = client
+        .get(platform.admin_url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin_health.status(), StatusCode::OK);
+    let ready: Value = client
+        .get(platform.admin_url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["database"], "ok");
+
+    let echoed = client
+        .get(platform.url("/api/v1/products"))
+        .header("x-request-id", "trace-me.42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me.42");
+    let replaced = client
+        .get(platform.url("/api/v1/products"))
+        .header("x-request-id", "not valid!")
+        .send()
+        .await
+        .unwrap();
+    let generated = replaced.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid_is_v7(generated), "{generated}");
+
+    let access = platform.wait_for_message("request");
+    for field in [
+        "timestamp",
+        "level",
+        "service",
+        "request_id",
+        "trace_id",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+        "ip",
+        "user_agent",
+    ] {
+        assert!(
+            !access[field].is_null(),
+            "access log lacks {field}: {access}"
+        );
+    }
+    assert!(
+        access
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|value| !value.is_object()),
+        "nested: {access}"
+    );
+
+    let in_file = file_log_events(&setup.data_dir().join("logs"));
+    assert!(
+        in_file
+            .iter()
+            .any(|event| event["message"] == "request" && event["request_id"] == "trace-me.42"),
+        "the access log of the tagged request is not in the log file"
+    );
+}
+
+fn uuid_is_v7(text: &str) -> bool {
+    text.len() == 36 && text.as_bytes()[14] == b'7'
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_loses_nothing() {
+    let setup = Setup::new(Database::Sqlite).env("LOGICORE_GATEWAY__BODY_LIMIT", "4KiB");
+    let platform = setup.start();
+    let client = &platform.client;
+
+    let mut bad = product("BAD-1");
+    bad["price_cents"] = json!(-1);
+    bad["currency"] = json!("XXX1");
+    bad["name"] = json!("");
+    let reply = client
+        .post(platform.url("/api/v1/products"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(reply.headers()["content-type"], "application/problem+json");
+    let problem: Value = reply.json().await.unwrap();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["/name", "/price_cents", "/currency"]);
+
+    let malformed = client
+        .post(platform.url("/api/v1/products"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+
+    let wrong_type = client
+        .post(platform.url("/api/v1/products"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("sku=X")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // A chunked body (no Content-Length) over the limit is cut off while it streams.
+    let mut request = String::from(
+        "POST /api/v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    );
+    for _ in 0..8 {
+        request.push_str(&format!("400\r\n{}\r\n", " ".repeat(1024)));
+    }
+    request.push_str("0\r\n\r\n");
+    let reply = raw_http(platform.gateway, request.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("/problems/payload-too-large"), "{reply}");
+
+    let huge_header = "x".repeat(20 * 1024);
+    let too_large = client
+        .get(platform.url("/api/v1/products"))
+        .header("x-padding", huge_header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        too_large.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+
+    let missing = client
+        .get(platform.url("/api/v1/products/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let unrouted = client.get(platform.url("/nowhere")).send().await.unwrap();
+    assert_eq!(unrouted.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        unrouted.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // Nothing was stored by any of the refused requests.
+    let listed: Value = client
+        .get(platform.url("/api/v1/products"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"], json!([]));
+}
+
+#[tokio::test]
+async fn openapi_describes_every_catalog_endpoint_and_docs_work_offline() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let client = &platform.client;
+
+    let api: Value = client
+        .get(platform.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(api["openapi"].as_str().unwrap().starts_with("3.1"));
+    let expected = [
+        ("/api/v1/products", ["get", "post"].as_slice()),
+        (
+            "/api/v1/products/{id}",
+            ["get", "put", "patch", "delete"].as_slice(),
+        ),
+        ("/api/v1/product-categories", ["get", "post"].as_slice()),
+        (
+            "/api/v1/product-categories/{id}",
+            ["get", "put", "patch", "delete"].as_slice(),
+        ),
+    ];
+    for (path, methods) in expected {
+        for method in methods {
+            assert!(
+                api["paths"][path][method].is_object(),
+                "{method} {path} is not documented"
+            );
+        }
+    }
+
+    let docs = client.get(platform.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger"), "not the API reference page");
+    for marker in ["src=\"http", "href=\"http", "src=\"//", "href=\"//"] {
+        assert!(
+            !html.contains(marker),
+            "/docs loads something from elsewhere: {marker}"
+        );
+    }
+    let script = client
+        .get(platform.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        script.status(),
+        StatusCode::OK,
+        "the bundle is served by the binary itself"
+    );
+}

@@ -1,0 +1,104 @@
+//! The command line: config errors exit 2 naming the key; `config` and `migrate` commands.
+
+use std::process::Output;
+
+use crate::support::{Database, Setup};
+
+fn run(setup: &Setup, args: &[&str]) -> Output {
+    setup.command(args).output().expect("run logicore")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let cases = [
+        (
+            Setup::new(Database::Sqlite).config("[gateway]\nlistne = \"x\"\n"),
+            "gateway.listne",
+        ),
+        (
+            Setup::new(Database::Sqlite).env("LOGICORE_GATEWAY__BODY_LIMIT", "huge"),
+            "gateway.body_limit",
+        ),
+        (
+            Setup::new(Database::Sqlite).env("LOGICORE_DATABASE__MAX_CONNECTIONS", "0"),
+            "database.max_connections",
+        ),
+        (
+            Setup::new(Database::Sqlite).config("[log]\nformat = \"xml\"\n"),
+            "log.format",
+        ),
+    ];
+    for (setup, key) in cases {
+        for command in [["up"].as_slice(), ["config", "check"].as_slice()] {
+            let output = run(&setup, command);
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{command:?} with a bad {key}"
+            );
+            assert!(
+                stderr(&output).contains(key),
+                "{key} not named: {}",
+                stderr(&output)
+            );
+        }
+    }
+}
+
+#[test]
+fn backends_not_built_yet_exit_2_saying_so() {
+    let setup = Setup::new(Database::Sqlite)
+        .env("LOGICORE_BUS__URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let output = run(&setup, &["up"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not yet supported"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains("guest:guest"),
+        "password leaked: {}",
+        stderr(&output)
+    );
+
+    let output = run(&Setup::new(Database::Sqlite), &["worker"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("not yet supported"));
+}
+
+#[test]
+fn config_show_prints_the_effective_config_without_secrets() {
+    let setup = Setup::new(Database::Sqlite)
+        .config("[internal]\ntoken_key = \"super-secret\"\n[database]\nurl = \"postgres://app:pw123@db/app\"\n");
+    let output = run(&setup, &["config", "show"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !shown.contains("super-secret") && !shown.contains("pw123"),
+        "{shown}"
+    );
+    assert!(shown.contains("body_limit = \"1MiB\""), "{shown}");
+    assert!(shown.contains("postgres://app:***@db/app"), "{shown}");
+}
+
+#[test]
+fn migrate_applies_and_reports_the_schema_history() {
+    let setup = Setup::new(Database::Sqlite);
+    let status = run(&setup, &["migrate", "--status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("pending"));
+
+    let applied = run(&setup, &["migrate"]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("1 migration(s) applied"));
+
+    let status = run(&setup, &["migrate", "--status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(!text.contains("pending"), "{text}");
+    assert!(text.contains("catalog"), "{text}");
+}

@@ -1,0 +1,99 @@
+//! Start, stop and crash: graceful shutdown and durability across restarts.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Database, Setup, product};
+
+#[tokio::test]
+async fn data_survives_a_restart_and_a_kill_9() {
+    for database in Database::all().await {
+        let label = database.label();
+        let setup = Setup::new(database);
+
+        let platform = setup.start();
+        let first: Value = platform
+            .client
+            .post(platform.url("/api/v1/products"))
+            .json(&product("KEEP-1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        platform.terminate();
+        assert!(platform.wait().success(), "{label}: clean stop");
+
+        let platform = setup.start();
+        let second: Value = platform
+            .client
+            .post(platform.url("/api/v1/products"))
+            .json(&product("KEEP-2"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        platform.kill();
+
+        let platform = setup.start();
+        for created in [first, second] {
+            let uri = format!("/api/v1/products/{}", created["id"].as_str().unwrap());
+            let reply = platform
+                .client
+                .get(platform.url(&uri))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                reply.status(),
+                StatusCode::OK,
+                "{label}: {} lost",
+                created["sku"]
+            );
+            let read: Value = reply.json().await.unwrap();
+            assert_eq!(read, created, "{label}");
+        }
+    }
+}
+
+/// A request whose body is still arriving when SIGTERM comes in is completed, then the process
+/// exits 0.
+#[tokio::test]
+async fn an_in_flight_request_completes_during_shutdown() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let body = product("INFLIGHT-1").to_string();
+    let (first_half, second_half) = body.split_at(body.len() / 2);
+
+    let mut stream = tokio::net::TcpStream::connect(platform.gateway)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(first_half.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+
+    platform.terminate();
+    platform.wait_for_message("shutdown requested");
+    // The process must still be draining, not gone, while the body is incomplete.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stream.write_all(second_half.as_bytes()).await.unwrap();
+
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut reply))
+        .await
+        .expect("a reply before the timeout")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    assert!(platform.wait().success(), "exit code 0 after draining");
+}

@@ -1,0 +1,261 @@
+//! Starts the real `logicore` binary on port 0 and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a process may take to start listening or to stop.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// Which database a test platform runs on.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// The embedded default under the data dir.
+    Sqlite,
+    /// A fresh PostgreSQL schema (URL with its search_path).
+    Postgres(String),
+}
+
+impl Database {
+    /// SQLite always; PostgreSQL too when `LOGICORE_TEST_POSTGRES_URL` is set.
+    pub async fn all() -> Vec<Database> {
+        let mut databases = vec![Database::Sqlite];
+        if let Some(url) = logicore_platform::testing::postgres_url() {
+            databases.push(Database::Postgres(
+                logicore_platform::testing::fresh_schema_url(&url).await,
+            ));
+        }
+        databases
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Database::Sqlite => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// A data directory plus the settings a platform is started with.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub database: Database,
+    pub env: Vec<(String, String)>,
+    pub config_file: Option<PathBuf>,
+}
+
+impl Setup {
+    pub fn new(database: Database) -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("temporary directory"),
+            database,
+            env: Vec::new(),
+            config_file: None,
+        }
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Setup {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn config(mut self, toml: &str) -> Setup {
+        let path = self.dir.path().join("logicore.toml");
+        std::fs::write(&path, toml).expect("write config");
+        self.config_file = Some(path);
+        self
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Builds a `logicore` command with this setup's data dir, config and environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_logicore"));
+        command.current_dir(self.dir.path());
+        command.arg("--data-dir").arg(self.data_dir());
+        if let Some(file) = &self.config_file {
+            command.arg("--config").arg(file);
+        }
+        command.args(args);
+        command.env("LOGICORE_GATEWAY__LISTEN", "127.0.0.1:0");
+        command.env("LOGICORE_ADMIN__LISTEN", "127.0.0.1:0");
+        if let Database::Postgres(url) = &self.database {
+            command.env("LOGICORE_DATABASE__URL", url);
+        }
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        command
+    }
+
+    /// Starts `logicore up` and waits until both listeners are bound.
+    pub fn start(&self) -> Platform {
+        let mut child = self
+            .command(&["up"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn logicore");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (sender, receiver) = mpsc::channel();
+        let collected = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line.clone());
+                collected.lock().expect("lines").push(line);
+            }
+        });
+        let (mut gateway, mut admin) = (None, None);
+        let deadline = Instant::now() + STARTUP;
+        while gateway.is_none() || admin.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = receiver.recv_timeout(remaining).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "logicore did not start listening; output: {:?}",
+                    lines.lock().expect("lines")
+                )
+            });
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "listening" {
+                let addr: SocketAddr = event["addr"]
+                    .as_str()
+                    .expect("addr")
+                    .parse()
+                    .expect("socket address");
+                match event["role"].as_str() {
+                    Some("gateway") => gateway = Some(addr),
+                    Some("admin") => admin = Some(addr),
+                    _ => {}
+                }
+            }
+        }
+        Platform {
+            child,
+            gateway: gateway.expect("gateway address"),
+            admin: admin.expect("admin address"),
+            events: receiver,
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A running `logicore up`.
+pub struct Platform {
+    pub child: Child,
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    events: mpsc::Receiver<String>,
+    pub client: reqwest::Client,
+}
+
+impl Platform {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for a log line whose `message` is `message`.
+    pub fn wait_for_message(&self, message: &str) -> Value {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .events
+                .recv_timeout(remaining)
+                .unwrap_or_else(|_| panic!("no `{message}` log line"));
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == message
+            {
+                return event;
+            }
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> ExitStatus {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "logicore did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up).
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A product body with the given SKU.
+pub fn product(sku: &str) -> Value {
+    serde_json::json!({
+        "sku": sku,
+        "name": format!("Product {sku}"),
+        "price_cents": 2500,
+        "currency": "EUR",
+        "stock": 7,
+    })
+}
+
+/// Reads every JSON line of the log files under `dir`.
+pub fn file_log_events(dir: &Path) -> Vec<Value> {
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("log dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "log") {
+            let text = std::fs::read_to_string(&path).expect("log file");
+            events.extend(
+                text.lines()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok()),
+            );
+        }
+    }
+    events
+}
+
+/// Sends raw bytes to `addr` and returns everything the server answers until it closes.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (413) and close before the whole body is written.
+    let _ = stream.write_all(request).await;
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(STARTUP, stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}

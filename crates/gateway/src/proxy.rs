@@ -1,0 +1,87 @@
+//! The gateway's request path: route, enforce the policy, limit the body, call the upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{Method, header};
+use logicore_platform::http::{ErrorCode, Problem};
+use tower::ServiceExt;
+
+use crate::routing::{RouteTable, Upstream};
+use crate::{hygiene, policy};
+
+/// What the proxy handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ProxyState {
+    /// The routing table.
+    pub table: Arc<RouteTable>,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+}
+
+/// Middleware: refuses oversized header blocks and malformed paths before anything routes them.
+pub async fn edge_checks(
+    State(max_header_bytes): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let checked = hygiene::check_header_size(&parts, max_header_bytes)
+        .and_then(|()| hygiene::check_path(parts.uri.path()));
+    match checked {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Routes one request to its upstream.
+pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Some(route) = state.table.find(parts.uri.path()) else {
+        return Problem::new(ErrorCode::NotFound, "no route matches this path").into_response();
+    };
+    if route
+        .methods
+        .as_ref()
+        .is_some_and(|methods| !methods.contains(&parts.method))
+    {
+        return Problem::new(
+            ErrorCode::MethodNotAllowed,
+            "this route does not take this method",
+        )
+        .into_response();
+    }
+    if let Err(problem) = policy::enforce(&route.policy, &mut parts) {
+        return problem.into_response();
+    }
+    let body = match hygiene::limit_body(&parts, body, state.body_limit) {
+        Ok(body) => body,
+        Err(problem) => return problem.into_response(),
+    };
+    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let request = Request::from_parts(parts, body);
+    let mut response = match &route.upstream {
+        Upstream::Local(router) => call_local(router.clone(), request).await,
+    };
+    if let Some(cache_control) = &route.cache_control
+        && is_read
+        && response.status().is_success()
+        && !response.headers().contains_key(header::CACHE_CONTROL)
+    {
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, cache_control.clone());
+    }
+    response
+}
+
+async fn call_local(router: axum::Router, request: Request) -> Response {
+    let result: Result<Response, Infallible> = router.oneshot(request).await;
+    match result {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
