@@ -23,14 +23,13 @@ async fn up_serves_the_catalog_through_the_gateway() {
             .unwrap();
         assert_eq!(empty, json!({"items": [], "next_cursor": null}), "{label}");
 
-        let category = client
-            .post(platform.url("/api/v1/product-categories"))
-            .json(&json!({"name": "Reefer Containers"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(category.status(), StatusCode::CREATED, "{label}");
-        let category: Value = category.json().await.unwrap();
+        let (status, category) = platform
+            .post_json(
+                "/api/v1/product-categories",
+                &json!({"name": "Reefer Containers"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{label}");
         assert_eq!(category["slug"], "reefer-containers");
 
         let mut body = product("REEF-40");
@@ -49,14 +48,9 @@ async fn up_serves_the_catalog_through_the_gateway() {
             format!("/api/v1/products/{}", created["id"].as_str().unwrap())
         );
 
-        let listed: Value = client
-            .get(platform.url("/api/v1/products?category=reefer-containers"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, listed) = platform
+            .get_json("/api/v1/products?category=reefer-containers")
+            .await;
         assert_eq!(listed["items"][0]["sku"], "REEF-40", "{label}");
 
         let categories = client

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{Database, Setup, product};
@@ -15,48 +14,23 @@ async fn data_survives_a_restart_and_a_kill_9() {
         let setup = Setup::new(database);
 
         let platform = setup.start();
-        let first: Value = platform
-            .client
-            .post(platform.url("/api/v1/products"))
-            .json(&product("KEEP-1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, first) = platform
+            .post_json("/api/v1/products", &product("KEEP-1"))
+            .await;
         platform.terminate();
         assert!(platform.wait().success(), "{label}: clean stop");
 
         let platform = setup.start();
-        let second: Value = platform
-            .client
-            .post(platform.url("/api/v1/products"))
-            .json(&product("KEEP-2"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, second) = platform
+            .post_json("/api/v1/products", &product("KEEP-2"))
+            .await;
         platform.kill();
 
         let platform = setup.start();
         for created in [first, second] {
             let uri = format!("/api/v1/products/{}", created["id"].as_str().unwrap());
-            let reply = platform
-                .client
-                .get(platform.url(&uri))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                reply.status(),
-                StatusCode::OK,
-                "{label}: {} lost",
-                created["sku"]
-            );
-            let read: Value = reply.json().await.unwrap();
+            let (status, read) = platform.get_json(&uri).await;
+            assert_eq!(status, StatusCode::OK, "{label}: {} lost", created["sku"]);
             assert_eq!(read, created, "{label}");
         }
     }

@@ -3,4 +3,6 @@
 mod catalog;
 mod cli;
 mod lifecycle;
+mod outage;
+mod relay;
 mod support;

@@ -169,6 +169,36 @@ impl Platform {
         format!("http://{}{path}", self.admin)
     }
 
+    /// POSTs JSON through the gateway; returns the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+        let reply = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = reply.status();
+        (status, reply.json().await.expect("JSON answer"))
+    }
+
+    /// GETs JSON through the gateway; returns the status and the JSON answer.
+    pub async fn get_json(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        let reply = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = reply.status();
+        (status, reply.json().await.expect("JSON answer"))
+    }
+
+    /// Returns the log lines at WARN or ERROR received since the last look (for messages).
+    pub fn recent_problems(&self) -> Vec<String> {
+        self.events
+            .try_iter()
+            .filter(|line| {
+                line.contains("\"level\":\"ERROR\"") || line.contains("\"level\":\"WARN\"")
+            })
+            .collect()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")

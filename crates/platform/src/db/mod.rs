@@ -369,6 +369,10 @@ pub fn violation(error: &sqlx::Error) -> Option<Violation> {
 }
 
 /// Returns true when the error means the database cannot be reached (not a bad query).
+///
+/// `Protocol` is included: sqlx reports a connection that closes during the handshake (a
+/// server going down, a proxy refusing) as "unexpected response from SSLRequest", and a server
+/// speaking nonsense is unusable either way.
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     matches!(
         error,
@@ -377,5 +381,6 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
     )
 }

@@ -111,6 +111,17 @@ pub fn parse_object<T: DeserializeOwned>(mut value: serde_json::Value) -> Result
     })
 }
 
+/// Returns `current` with an RFC 7396 merge patch applied, parsed back into its type
+/// (so a patch that removes a required field or adds an unknown one is a validation error).
+pub fn merge_into<T>(current: &T, patch: &serde_json::Value) -> Result<T, Problem>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut merged = serde_json::to_value(current).map_err(|err| Problem::internal(&err))?;
+    merge_patch(&mut merged, patch);
+    parse_object(merged)
+}
+
 /// Applies an RFC 7396 JSON merge patch to `target`.
 pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     let serde_json::Value::Object(patch_fields) = patch else {

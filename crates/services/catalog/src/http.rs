@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use logicore_contracts::{CategoryId, ProductId};
-use logicore_platform::http::json::{merge_patch, parse_object};
+use logicore_platform::http::json::{merge_into, parse_object};
 use logicore_platform::http::problem::ProblemBody;
 use logicore_platform::http::{Json, PageRequest, Problem, QueryMap, path_id};
 use serde_json::Value;
@@ -126,10 +126,7 @@ pub async fn patch_category(
 ) -> Result<Json<CategoryOut>, Problem> {
     let id: CategoryId = path_id(&id, "category")?;
     let current = service.get_category(id).await?;
-    let mut merged = serde_json::to_value(CategoryIn::from(&current.fields))
-        .map_err(|err| Problem::internal(&err))?;
-    merge_patch(&mut merged, &patch);
-    let fields = parse_object::<CategoryIn>(merged)?.parse()?;
+    let fields = merge_into(&CategoryIn::from(&current.fields), &patch)?.parse()?;
     Ok(Json(service.replace_category(id, fields).await?.into()))
 }
 
@@ -251,10 +248,7 @@ pub async fn patch_product(
 ) -> Result<Json<ProductOut>, Problem> {
     let id: ProductId = path_id(&id, "product")?;
     let current = service.get_product(id).await?;
-    let mut merged = serde_json::to_value(ProductIn::from(&current.fields))
-        .map_err(|err| Problem::internal(&err))?;
-    merge_patch(&mut merged, &patch);
-    let fields = parse_object::<ProductIn>(merged)?.parse()?;
+    let fields = merge_into(&ProductIn::from(&current.fields), &patch)?.parse()?;
     Ok(Json(service.replace_product(id, fields).await?.into()))
 }
 
