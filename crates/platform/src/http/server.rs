@@ -18,7 +18,8 @@ use super::request_context::ClientAddr;
 /// Limits applied to every connection of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
-    /// Largest request header block (HTTP/1 read buffer, HTTP/2 header list); 431 above.
+    /// Largest request header block; HTTP/1 buffers up to twice this, HTTP/2 header lists are
+    /// refused above it.
     pub max_header_bytes: usize,
     /// Time a client has to finish sending its request headers.
     pub header_read_timeout: Duration,
@@ -60,7 +61,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes.max(MIN_HTTP1_BUFFER));
+        // Headroom above the limit: the gateway's own check answers 431 with a problem body;
+        // hyper's bare 431 is only the hard memory bound for far larger header blocks.
+        .max_buf_size((options.max_header_bytes * 2).max(MIN_HTTP1_BUFFER));
     builder
         .http2()
         .timer(TokioTimer::new())
