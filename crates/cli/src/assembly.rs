@@ -1,7 +1,7 @@
-//! The one place where topology is decided: which services run here and how they are wired.
+//! The one place where topology is decided: which roles run here and how they are wired.
 //!
-//! Load (no side effects) happened before; [`Platform::build`] opens the database, applies
-//! migrations, binds the listeners and reports their addresses; [`Platform::run`] serves until
+//! Load (no side effects) happened before; [`Process::build`] opens the database, applies
+//! migrations, binds the listeners and reports their addresses; [`Process::run`] serves until
 //! the shutdown token is cancelled, then drains.
 
 use std::collections::BTreeMap;
@@ -10,17 +10,55 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
 use logicore_catalog::CatalogService;
-use logicore_gateway::{GatewaySettings, ReadinessCheck, RouteTable, RoutingError};
+use logicore_gateway::{
+    GatewaySettings, ReadinessCheck, RouteTable, RoutingError, TrustedProxies, UpstreamResolver,
+};
 use logicore_platform::config::Config;
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
+use logicore_platform::discovery::Discovery;
+use logicore_platform::http::extract;
+use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::server::{self, ServerOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roles {
+    /// `logicore up`: gateway, admin and every service, in process.
+    All,
+    /// `logicore gateway`: the gateway and admin listeners, upstreams through discovery.
+    Gateway,
+    /// `logicore service catalog`: the catalog alone on `services.catalog.listen`.
+    Catalog,
+}
+
+impl Roles {
+    /// Returns the log file prefix and the default `service` of log lines.
+    pub fn log_identity(self) -> (&'static str, &'static str) {
+        match self {
+            Roles::All => ("logicore", "logicore"),
+            Roles::Gateway => ("logicore-gateway", "gateway"),
+            Roles::Catalog => ("logicore-catalog", "catalog"),
+        }
+    }
+}
+
 /// Every service's migrations, in one history.
 pub fn all_migrations() -> Vec<Migration> {
     logicore_catalog::MIGRATIONS.to_vec()
+}
+
+/// The built-in routes of every LogiCore service: (service, path prefixes).
+fn built_in_routes() -> Vec<(String, Vec<String>)> {
+    vec![(
+        logicore_catalog::SERVICE_NAME.to_owned(),
+        logicore_catalog::BUILT_IN_ROUTES
+            .map(str::to_owned)
+            .to_vec(),
+    )]
 }
 
 /// Opens the database named by the config (creating a SQLite file when needed).
@@ -31,109 +69,179 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
         .with_context(|| format!("failed to open the database {url}"))
 }
 
-/// The services mounted in this process: name → (router, built-in route prefixes).
-type LocalServices = BTreeMap<String, (Router, Vec<String>)>;
-
-/// Checks the parts of the config that depend on which services run here (exit 2 on error).
-pub fn check_routes(config: &Config) -> Result<(), RoutingError> {
-    let mut services = LocalServices::new();
-    services.insert(
-        logicore_catalog::SERVICE_NAME.to_owned(),
-        (Router::new(), Vec::new()),
-    );
-    RouteTable::build(&services, &config.gateway.routes).map(drop)
+/// Checks the parts of the config that depend on which roles run here (exit 2 on error).
+pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
+    if roles == Roles::Catalog {
+        return Ok(());
+    }
+    let mut local = BTreeMap::new();
+    if roles == Roles::All {
+        local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
+    }
+    routing_table(config, local).map(drop)
 }
 
-/// The assembled all-in-one platform, bound and ready to serve.
+fn routing_table(
+    config: &Config,
+    local: BTreeMap<String, Router>,
+) -> Result<RouteTable, RoutingError> {
+    let discovery = Discovery::from_config(&config.discovery);
+    let mut resolver = UpstreamResolver::new(local, discovery, logicore_gateway::http_client());
+    RouteTable::build(&built_in_routes(), &config.gateway.routes, &mut resolver)
+}
+
+/// One bound listener and what it serves.
 #[derive(Debug)]
-pub struct Platform {
-    gateway: (TcpListener, Router),
-    admin: (TcpListener, Router),
-    db: Db,
+struct Served {
+    listener: TcpListener,
+    router: Router,
+}
+
+/// A process with its listeners bound, ready to serve.
+#[derive(Debug)]
+pub struct Process {
+    served: Vec<Served>,
+    db: Option<Db>,
     options: ServerOptions,
 }
 
-impl Platform {
-    /// Opens storage, mounts the services behind the gateway and binds both listeners.
-    pub async fn build(config: &Config) -> anyhow::Result<Platform> {
-        let db = open_database(config).await?;
-        if config.database.migrate_on_start {
-            apply_migrations(&db, &all_migrations())
-                .await
-                .context("failed to apply migrations")?;
-        }
-
-        let (catalog_router, catalog_api) =
-            logicore_catalog::router(CatalogService::new(db.clone()));
-        // The gateway enforces gateway.body_limit before a body reaches an in-process service.
-        let catalog_router = catalog_router.layer(DefaultBodyLimit::disable());
-        let mut services = LocalServices::new();
-        let prefixes = logicore_catalog::BUILT_IN_ROUTES
-            .map(str::to_owned)
-            .to_vec();
-        services.insert(
-            logicore_catalog::SERVICE_NAME.to_owned(),
-            (catalog_router, prefixes),
-        );
-        let table = RouteTable::build(&services, &config.gateway.routes)?;
-
-        let openapi = logicore_gateway::merged_openapi(vec![catalog_api]);
-        let settings = GatewaySettings {
-            body_limit: config.gateway.body_limit.as_usize(),
+impl Process {
+    /// Opens what the roles need and binds their listeners.
+    pub async fn build(config: &Config, roles: Roles) -> anyhow::Result<Process> {
+        let options = ServerOptions {
             max_header_bytes: config.gateway.max_header_bytes.as_usize(),
-            access_log: config.gateway.access_log,
+            header_read_timeout: config.gateway.header_read_timeout,
+            shutdown_grace: config.shutdown_grace,
         };
-        let gateway_router = logicore_gateway::gateway_router(table, openapi, settings);
-        let ready_db = db.clone();
-        let database_check = ReadinessCheck::new("database", move || {
-            let db = ready_db.clone();
-            Box::pin(async move { db.ping().await.map_err(|err| err.to_string()) })
-        });
-        let admin_router = logicore_gateway::admin_router(vec![database_check]);
-
-        let gateway_listener = bind("gateway", config.gateway.listen).await?;
-        let admin_listener = bind("admin", config.admin.listen).await?;
-        let gateway_addr = gateway_listener.local_addr()?;
-        let public_url = if config.gateway.public_url.is_empty() {
-            format!("http://127.0.0.1:{}", gateway_addr.port())
-        } else {
-            config.gateway.public_url.clone()
+        let process = match roles {
+            Roles::All => {
+                let db = open_migrated_database(config).await?;
+                let (catalog, catalog_api) = catalog_router(&db);
+                // The gateway enforces gateway.body_limit before a body reaches a local service.
+                let catalog = catalog.layer(DefaultBodyLimit::disable());
+                let mut local = BTreeMap::new();
+                local.insert(logicore_catalog::SERVICE_NAME.to_owned(), catalog);
+                let gateway = gateway_router(config, local, vec![catalog_api])?;
+                let admin = logicore_gateway::admin_router(vec![database_check(&db)]);
+                let served = vec![
+                    bind("gateway", config.gateway.listen, gateway).await?,
+                    bind("admin", config.admin.listen, admin).await?,
+                ];
+                log_public_url(config, &served[0])?;
+                Process {
+                    served,
+                    db: Some(db),
+                    options,
+                }
+            }
+            Roles::Gateway => {
+                let gateway = gateway_router(config, BTreeMap::new(), Vec::new())?;
+                let admin = logicore_gateway::admin_router(Vec::new());
+                let served = vec![
+                    bind("gateway", config.gateway.listen, gateway).await?,
+                    bind("admin", config.admin.listen, admin).await?,
+                ];
+                log_public_url(config, &served[0])?;
+                Process {
+                    served,
+                    db: None,
+                    options,
+                }
+            }
+            Roles::Catalog => {
+                let db = open_migrated_database(config).await?;
+                let (catalog, _) = catalog_router(&db);
+                let catalog = catalog
+                    .route("/health", get(extract::health))
+                    .layer(DefaultBodyLimit::max(config.gateway.body_limit.as_usize()))
+                    .layer(axum::middleware::from_fn_with_state(
+                        AccessLog {
+                            service: "catalog",
+                            enabled: config.gateway.access_log,
+                        },
+                        request_context,
+                    ));
+                let served = vec![bind("catalog", config.services.catalog.listen, catalog).await?];
+                Process {
+                    served,
+                    db: Some(db),
+                    options,
+                }
+            }
         };
-        tracing::info!(public_url = %public_url, database = %config.database_url(), "platform assembled");
-
-        Ok(Platform {
-            gateway: (gateway_listener, gateway_router),
-            admin: (admin_listener, admin_router),
-            db,
-            options: ServerOptions {
-                max_header_bytes: config.gateway.max_header_bytes.as_usize(),
-                header_read_timeout: config.gateway.header_read_timeout,
-                shutdown_grace: config.shutdown_grace,
-            },
-        })
+        Ok(process)
     }
 
     /// Serves until `shutdown` is cancelled, lets in-flight requests finish, closes storage.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (gateway_listener, gateway_router) = self.gateway;
-        let (admin_listener, admin_router) = self.admin;
-        tokio::join!(
+        let servers = self.served.into_iter().map(|served| {
             server::serve(
-                gateway_listener,
-                gateway_router,
+                served.listener,
+                served.router,
                 self.options,
-                shutdown.clone()
-            ),
-            server::serve(admin_listener, admin_router, self.options, shutdown.clone()),
-        );
-        self.db.close().await;
+                shutdown.clone(),
+            )
+        });
+        futures_util::future::join_all(servers).await;
+        if let Some(db) = self.db {
+            db.close().await;
+        }
         tracing::info!("stopped");
     }
 }
 
-async fn bind(role: &'static str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
+    let db = open_database(config).await?;
+    if config.database.migrate_on_start {
+        apply_migrations(&db, &all_migrations())
+            .await
+            .context("failed to apply migrations")?;
+    }
+    Ok(db)
+}
+
+fn catalog_router(db: &Db) -> (Router, utoipa::openapi::OpenApi) {
+    logicore_catalog::router(CatalogService::new(db.clone()))
+}
+
+fn gateway_router(
+    config: &Config,
+    local: BTreeMap<String, Router>,
+    apis: Vec<utoipa::openapi::OpenApi>,
+) -> anyhow::Result<Router> {
+    let table = routing_table(config, local)?;
+    let settings = GatewaySettings {
+        trusted_proxies: TrustedProxies::parse(&config.gateway.trusted_proxies),
+        body_limit: config.gateway.body_limit.as_usize(),
+        max_header_bytes: config.gateway.max_header_bytes.as_usize(),
+        access_log: config.gateway.access_log,
+    };
+    let openapi = logicore_gateway::merged_openapi(apis);
+    Ok(logicore_gateway::gateway_router(table, openapi, settings))
+}
+
+fn database_check(db: &Db) -> ReadinessCheck {
+    let db = db.clone();
+    ReadinessCheck::new("database", move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await.map_err(|err| err.to_string()) })
+    })
+}
+
+fn log_public_url(config: &Config, gateway: &Served) -> anyhow::Result<()> {
+    let port = gateway.listener.local_addr()?.port();
+    let public_url = if config.gateway.public_url.is_empty() {
+        format!("http://127.0.0.1:{port}")
+    } else {
+        config.gateway.public_url.clone()
+    };
+    tracing::info!(public_url = %public_url, "gateway ready");
+    Ok(())
+}
+
+async fn bind(role: &'static str, addr: SocketAddr, router: Router) -> anyhow::Result<Served> {
     let listener = server::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(role, addr = %bound, "listening");
-    Ok(listener)
+    Ok(Served { listener, router })
 }

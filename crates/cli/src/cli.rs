@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::assembly::Roles;
+
 /// LogiCore: one binary that runs the whole logistics commerce platform, or one role of it.
 #[derive(Debug, Parser)]
 #[command(name = "logicore", version, about, long_about = None)]
@@ -129,12 +131,36 @@ pub enum JobsAction {
 }
 
 impl Command {
+    /// Returns the roles of a serving command (`up`, `gateway`, `service ...`).
+    pub fn roles(&self) -> Option<Roles> {
+        match self {
+            Command::Up => Some(Roles::All),
+            Command::Gateway => Some(Roles::Gateway),
+            Command::Service {
+                name: ServiceName::Catalog,
+            } => Some(Roles::Catalog),
+            _ => None,
+        }
+    }
+
     /// Returns the command line of a command this build does not have yet, if it is one.
     pub fn not_yet_supported(&self) -> Option<&'static str> {
         match self {
-            Command::Up | Command::Migrate { .. } | Command::Config { .. } => None,
-            Command::Gateway => Some("logicore gateway"),
-            Command::Service { .. } => Some("logicore service"),
+            Command::Up | Command::Gateway | Command::Migrate { .. } | Command::Config { .. } => {
+                None
+            }
+            Command::Service {
+                name: ServiceName::Catalog,
+            } => None,
+            Command::Service {
+                name: ServiceName::Users,
+            } => Some("logicore service users"),
+            Command::Service {
+                name: ServiceName::Orders,
+            } => Some("logicore service orders"),
+            Command::Service {
+                name: ServiceName::Webhooks,
+            } => Some("logicore service webhooks"),
             Command::Worker => Some("logicore worker"),
             Command::Users { .. } => Some("logicore users"),
             Command::Keys { .. } => Some("logicore keys"),

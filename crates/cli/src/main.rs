@@ -14,6 +14,7 @@ use logicore_platform::lifecycle;
 use logicore_platform::telemetry::{self, LogGuard, LogSettings};
 use tokio_util::sync::CancellationToken;
 
+use crate::assembly::Roles;
 use crate::cli::{Cli, Command, ConfigAction};
 
 /// Exit code for configuration and usage errors (clap uses it too).
@@ -33,7 +34,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(err) = assembly::check_routes(&config) {
+    if let Some(roles) = cli.command.roles()
+        && let Err(err) = assembly::check(&config, roles)
+    {
         eprintln!("logicore: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -58,8 +61,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    if let Some(roles) = command.roles() {
+        return serve(config, roles).await;
+    }
     match command {
-        Command::Up => up(config).await,
         Command::Migrate { status } => migrate(config, status).await,
         Command::Config {
             action: ConfigAction::Check,
@@ -77,28 +82,30 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(config: &Config, to_files: bool) -> anyhow::Result<LogGuard> {
+/// Installs logging; `roles` decides the file name and `service`; `None` = stdout only.
+fn init_logging(config: &Config, roles: Option<Roles>) -> anyhow::Result<LogGuard> {
+    let (file_prefix, default_service) = roles.unwrap_or(Roles::All).log_identity();
     telemetry::init_logging(&LogSettings {
         level: config.log.level.clone(),
         format: config.log.format,
-        dir: to_files.then(|| config.log_dir()),
-        file_prefix: "logicore".to_owned(),
+        dir: roles.map(|_| config.log_dir()),
+        file_prefix: file_prefix.to_owned(),
         max_files: config.log.max_files as usize,
-        default_service: "logicore",
+        default_service,
     })
 }
 
-async fn up(config: Config) -> anyhow::Result<()> {
-    let _log_guard = init_logging(&config, true)?;
-    let platform = assembly::Platform::build(&config).await?;
+async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
+    let _log_guard = init_logging(&config, Some(roles))?;
     let shutdown = CancellationToken::new();
-    lifecycle::cancel_on_signals(shutdown.clone());
-    platform.run(shutdown).await;
+    lifecycle::cancel_on_signals(shutdown.clone()).context("failed to install signal handlers")?;
+    let process = assembly::Process::build(&config, roles).await?;
+    process.run(shutdown).await;
     Ok(())
 }
 
 async fn migrate(config: Config, status_only: bool) -> anyhow::Result<()> {
-    let _log_guard = init_logging(&config, false)?;
+    let _log_guard = init_logging(&config, None)?;
     let db = assembly::open_database(&config).await?;
     let migrations = assembly::all_migrations();
     if status_only {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::{ErrorCode, Json, Problem, extract};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, json};
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,7 +51,7 @@ impl ReadinessCheck {
 /// Returns the admin router.
 pub fn admin_router(checks: Vec<ReadinessCheck>) -> Router {
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(extract::health))
         .route("/ready", get(ready))
         .fallback(extract::not_found)
         .with_state(Arc::new(checks))
@@ -62,11 +62,6 @@ pub fn admin_router(checks: Vec<ReadinessCheck>) -> Router {
             },
             request_context,
         ))
-}
-
-/// Liveness: the process answers.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
 }
 
 async fn ready(State(checks): State<Arc<Vec<ReadinessCheck>>>) -> Response {

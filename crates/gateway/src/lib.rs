@@ -5,9 +5,11 @@
 //! to it as routers by the assembly in the CLI.
 
 pub mod admin;
+pub mod forward;
 pub mod hygiene;
 pub mod policy;
 pub mod proxy;
+pub mod remote;
 pub mod routing;
 
 use std::sync::Arc;
@@ -18,11 +20,15 @@ use logicore_platform::http::request_context::{AccessLog, request_context};
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use admin::{ReadinessCheck, admin_router};
-pub use routing::{Route, RouteTable, RoutingError, Upstream};
+pub use forward::TrustedProxies;
+pub use remote::http_client;
+pub use routing::{Route, RouteTable, RoutingError, Upstream, UpstreamResolver};
 
 /// Gateway settings taken from `[gateway]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: TrustedProxies,
     /// Largest request body accepted (413 above).
     pub body_limit: usize,
     /// Largest request header block accepted (431 above).
@@ -40,9 +46,10 @@ pub fn gateway_router(
     let state = proxy::ProxyState {
         table: Arc::new(table),
         body_limit: settings.body_limit,
+        trusted_proxies: Arc::new(settings.trusted_proxies),
     };
     Router::new()
-        .route("/health", get(admin::health))
+        .route("/health", get(logicore_platform::http::extract::health))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(proxy::proxy)
         .with_state(state)

@@ -10,6 +10,9 @@ use http::{Method, header};
 use logicore_platform::http::{ErrorCode, Problem};
 use tower::ServiceExt;
 
+use logicore_platform::http::request_context::ClientAddr;
+
+use crate::forward::{self, TrustedProxies};
 use crate::routing::{RouteTable, Upstream};
 use crate::{hygiene, policy};
 
@@ -20,6 +23,8 @@ pub struct ProxyState {
     pub table: Arc<RouteTable>,
     /// Largest request body accepted.
     pub body_limit: usize,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Middleware: refuses oversized header blocks and malformed paths before anything routes them.
@@ -61,10 +66,15 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
         Ok(body) => body,
         Err(problem) => return problem.into_response(),
     };
+    forward::strip_hop_by_hop(&mut parts.headers);
+    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
+        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &state.trusted_proxies);
+    }
     let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     let request = Request::from_parts(parts, body);
     let mut response = match &route.upstream {
         Upstream::Local(router) => call_local(router.clone(), request).await,
+        Upstream::Remote(pool) => pool.forward(request, route.timeout).await,
     };
     if let Some(cache_control) = &route.cache_control
         && is_read

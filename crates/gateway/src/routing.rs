@@ -6,16 +6,70 @@
 //! `/api/v1/productsx`).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Router;
 use http::{HeaderValue, Method};
 use logicore_platform::config::{RouteAuth, RouteConfig};
+use logicore_platform::discovery::Discovery;
+
+use crate::remote::{HttpClient, Instance, RemotePool};
 
 /// Where a route's requests go.
 #[derive(Debug, Clone)]
 pub enum Upstream {
     /// A service mounted in this process (`logicore up`): called directly, no network.
     Local(Router),
+    /// A service elsewhere, reached over HTTP through discovery.
+    Remote(RemotePool),
+}
+
+/// Finds the upstream of a service name: a router mounted here, else discovered instances.
+#[derive(Debug)]
+pub struct UpstreamResolver {
+    local: BTreeMap<String, Router>,
+    discovery: Discovery,
+    client: HttpClient,
+    remote: BTreeMap<String, RemotePool>,
+}
+
+impl UpstreamResolver {
+    /// Creates a resolver over the services mounted in this process and discovery.
+    pub fn new(local: BTreeMap<String, Router>, discovery: Discovery, client: HttpClient) -> Self {
+        UpstreamResolver {
+            local,
+            discovery,
+            client,
+            remote: BTreeMap::new(),
+        }
+    }
+
+    /// Returns the upstream of `service`; one shared pool per remote service.
+    pub fn resolve(&mut self, service: &str) -> Option<Upstream> {
+        if let Some(router) = self.local.get(service) {
+            return Some(Upstream::Local(router.clone()));
+        }
+        if let Some(pool) = self.remote.get(service) {
+            return Some(Upstream::Remote(pool.clone()));
+        }
+        let instances: Vec<Instance> = self
+            .discovery
+            .instances(service)
+            .iter()
+            .filter_map(|url| Instance::parse(url))
+            .collect();
+        if instances.is_empty() {
+            return None;
+        }
+        let pool = RemotePool::new(service, instances, self.client.clone());
+        self.remote.insert(service.to_owned(), pool.clone());
+        Some(Upstream::Remote(pool))
+    }
+
+    /// Returns the remote pools resolved so far.
+    pub fn remote_pools(&self) -> impl Iterator<Item = &RemotePool> {
+        self.remote.values()
+    }
 }
 
 /// Who may use a route; checked before the upstream is called.
@@ -40,6 +94,8 @@ pub struct Route {
     pub policy: RoutePolicy,
     /// `Cache-Control` set on successful GET responses that have none.
     pub cache_control: Option<HeaderValue>,
+    /// Time a remote upstream has to start answering.
+    pub timeout: Duration,
     /// Where requests go.
     pub upstream: Upstream,
 }
@@ -47,9 +103,9 @@ pub struct Route {
 /// Why a route could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoutingError {
-    /// The route names a service this process cannot reach yet.
+    /// The route names a service that neither runs here nor has discovered instances.
     #[error(
-        "gateway.routes[{index}].service: `{service}` does not run in this process; routes to remote upstreams are not yet supported"
+        "config key `gateway.routes[{index}].service`: `{service}` does not run in this process and has no instances in [discovery.static]"
     )]
     UnknownService {
         /// Index in `[[gateway.routes]]`.
@@ -66,13 +122,20 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table from the built-in routes of the local services and the file routes.
+    /// Builds the table from built-in routes (service → prefixes) and the file routes.
+    ///
+    /// A built-in route whose service cannot be resolved is left out (that service is not
+    /// deployed); a file route whose service cannot be resolved is an error.
     pub fn build(
-        local_services: &BTreeMap<String, (Router, Vec<String>)>,
+        built_in: &[(String, Vec<String>)],
         file_routes: &[RouteConfig],
+        resolver: &mut UpstreamResolver,
     ) -> Result<Self, RoutingError> {
         let mut by_prefix: BTreeMap<String, Route> = BTreeMap::new();
-        for (service, (router, prefixes)) in local_services {
+        for (service, prefixes) in built_in {
+            let Some(upstream) = resolver.resolve(service) else {
+                continue;
+            };
             for prefix in prefixes {
                 let config = RouteConfig {
                     prefix: prefix.clone(),
@@ -80,20 +143,22 @@ impl RouteTable {
                     ..RouteConfig::default()
                 };
                 by_prefix.insert(
-                    prefix.clone(),
-                    route_from(&config, Upstream::Local(router.clone())),
+                    normalise_prefix(prefix),
+                    route_from(&config, upstream.clone()),
                 );
             }
         }
         for (index, config) in file_routes.iter().enumerate() {
-            let Some((router, _)) = local_services.get(&config.service) else {
+            let Some(upstream) = resolver.resolve(&config.service) else {
                 return Err(RoutingError::UnknownService {
                     index,
                     service: config.service.clone(),
                 });
             };
-            let prefix = normalise_prefix(&config.prefix);
-            by_prefix.insert(prefix, route_from(config, Upstream::Local(router.clone())));
+            by_prefix.insert(
+                normalise_prefix(&config.prefix),
+                route_from(config, upstream),
+            );
         }
         let mut routes: Vec<Route> = by_prefix.into_values().collect();
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
@@ -132,6 +197,7 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
         cache_control: HeaderValue::from_str(&config.cache_control)
             .ok()
             .filter(|value| !value.is_empty()),
+        timeout: config.timeout,
         upstream,
     }
 }
@@ -160,13 +226,28 @@ mod tests {
     use super::*;
 
     fn table(file_routes: &[RouteConfig]) -> Result<RouteTable, RoutingError> {
-        let mut services = BTreeMap::new();
-        let prefixes = vec![
-            "/api/v1/products".to_owned(),
-            "/api/v1/product-categories".to_owned(),
+        let mut local = BTreeMap::new();
+        local.insert("catalog".to_owned(), Router::new());
+        let mut discovery_config = logicore_platform::config::DiscoveryConfig::default();
+        discovery_config
+            .static_instances
+            .insert("erp".to_owned(), vec!["http://127.0.0.1:9/base".to_owned()]);
+        let mut resolver = UpstreamResolver::new(
+            local,
+            Discovery::from_config(&discovery_config),
+            crate::remote::http_client(),
+        );
+        let built_in = vec![
+            (
+                "catalog".to_owned(),
+                vec![
+                    "/api/v1/products".to_owned(),
+                    "/api/v1/product-categories".to_owned(),
+                ],
+            ),
+            ("orders".to_owned(), vec!["/api/v1/orders".to_owned()]),
         ];
-        services.insert("catalog".to_owned(), (Router::new(), prefixes));
-        RouteTable::build(&services, file_routes)
+        RouteTable::build(&built_in, file_routes, &mut resolver)
     }
 
     #[test]
@@ -205,13 +286,31 @@ mod tests {
     }
 
     #[test]
-    fn routes_to_services_not_running_here_are_refused_for_now() {
-        let file_route = RouteConfig {
+    fn routes_resolve_to_discovered_instances_or_are_refused() {
+        let remote = RouteConfig {
             prefix: "/legacy".into(),
             service: "erp".into(),
             ..RouteConfig::default()
         };
-        let err = table(&[file_route]).unwrap_err();
-        assert!(err.to_string().contains("not yet supported"), "{err}");
+        let routes = table(&[remote]).unwrap();
+        assert!(matches!(
+            routes.find("/legacy/x").unwrap().upstream,
+            Upstream::Remote(_)
+        ));
+        assert!(
+            routes.find("/api/v1/orders").is_none(),
+            "undeployed built-in routes are left out"
+        );
+
+        let nowhere = RouteConfig {
+            prefix: "/nowhere".into(),
+            service: "ghost".into(),
+            ..RouteConfig::default()
+        };
+        let err = table(&[nowhere]).unwrap_err();
+        assert!(
+            err.to_string().contains("gateway.routes[0].service"),
+            "{err}"
+        );
     }
 }

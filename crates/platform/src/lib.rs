@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod db;
+pub mod discovery;
 pub mod http;
 pub mod lifecycle;
 pub mod telemetry;

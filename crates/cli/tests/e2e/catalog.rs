@@ -207,7 +207,7 @@ async fn bad_input_gets_a_problem_and_loses_nothing() {
         request.push_str(&format!("400\r\n{}\r\n", " ".repeat(1024)));
     }
     request.push_str("0\r\n\r\n");
-    let reply = raw_http(platform.gateway, request.as_bytes()).await;
+    let reply = raw_http(platform.addr("gateway"), request.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert!(reply.contains("/problems/payload-too-large"), "{reply}");
 

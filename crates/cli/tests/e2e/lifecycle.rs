@@ -40,12 +40,15 @@ async fn data_survives_a_restart_and_a_kill_9() {
 /// exits 0.
 #[tokio::test]
 async fn an_in_flight_request_completes_during_shutdown() {
-    let setup = Setup::new(Database::Sqlite);
+    let setup = Setup::new(Database::Sqlite).env(
+        "LOGICORE_LOG__LEVEL",
+        "info,logicore_platform::http::request_context=debug",
+    );
     let platform = setup.start();
     let body = product("INFLIGHT-1").to_string();
     let (first_half, second_half) = body.split_at(body.len() / 2);
 
-    let mut stream = tokio::net::TcpStream::connect(platform.gateway)
+    let mut stream = tokio::net::TcpStream::connect(platform.addr("gateway"))
         .await
         .unwrap();
     let head = format!(
@@ -55,11 +58,19 @@ async fn an_in_flight_request_completes_during_shutdown() {
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(first_half.as_bytes()).await.unwrap();
     stream.flush().await.unwrap();
+    // The server has parsed the head and is reading the body: the request is in flight.
+    let started = platform.wait_for_message("request started");
+    assert_eq!(started["path"], "/api/v1/products");
 
     platform.terminate();
     platform.wait_for_message("shutdown requested");
-    // The process must still be draining, not gone, while the body is incomplete.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The listener is closed and the server drains while this body is still incomplete.
+    loop {
+        let draining = platform.wait_for_message("draining");
+        if draining["addr"] == platform.addr("gateway").to_string() {
+            break;
+        }
+    }
     stream.write_all(second_half.as_bytes()).await.unwrap();
 
     let mut reply = Vec::new();

@@ -1,8 +1,12 @@
 //! End-to-end suite: the real `logicore` binary, on port 0, on every database of the run.
 
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly by unwrapping")]
+
 mod catalog;
 mod cli;
 mod lifecycle;
 mod outage;
+mod proxy;
 mod relay;
+mod split;
 mod support;

@@ -1,5 +1,6 @@
 //! Starts the real `logicore` binary on port 0 and talks to it over HTTP.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,7 @@ impl Setup {
         command.args(args);
         command.env("LOGICORE_GATEWAY__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_ADMIN__LISTEN", "127.0.0.1:0");
+        command.env("LOGICORE_SERVICES__CATALOG__LISTEN", "127.0.0.1:0");
         if let Database::Postgres(url) = &self.database {
             command.env("LOGICORE_DATABASE__URL", url);
         }
@@ -98,8 +100,13 @@ impl Setup {
 
     /// Starts `logicore up` and waits until both listeners are bound.
     pub fn start(&self) -> Platform {
+        self.start_roles(&["up"], &["gateway", "admin"])
+    }
+
+    /// Starts `logicore <args>` and waits until a `listening` line came for each role.
+    pub fn start_roles(&self, args: &[&str], roles: &[&str]) -> Platform {
         let mut child = self
-            .command(&["up"])
+            .command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -114,9 +121,9 @@ impl Setup {
                 collected.lock().expect("lines").push(line);
             }
         });
-        let (mut gateway, mut admin) = (None, None);
+        let mut addrs = BTreeMap::new();
         let deadline = Instant::now() + STARTUP;
-        while gateway.is_none() || admin.is_none() {
+        while roles.iter().any(|role| !addrs.contains_key(*role)) {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let line = receiver.recv_timeout(remaining).unwrap_or_else(|_| {
                 let _ = child.kill();
@@ -134,17 +141,12 @@ impl Setup {
                     .expect("addr")
                     .parse()
                     .expect("socket address");
-                match event["role"].as_str() {
-                    Some("gateway") => gateway = Some(addr),
-                    Some("admin") => admin = Some(addr),
-                    _ => {}
-                }
+                addrs.insert(event["role"].as_str().expect("role").to_owned(), addr);
             }
         }
         Platform {
             child,
-            gateway: gateway.expect("gateway address"),
-            admin: admin.expect("admin address"),
+            addrs,
             events: receiver,
             client: reqwest::Client::new(),
         }
@@ -154,19 +156,23 @@ impl Setup {
 /// A running `logicore up`.
 pub struct Platform {
     pub child: Child,
-    pub gateway: SocketAddr,
-    pub admin: SocketAddr,
+    addrs: BTreeMap<String, SocketAddr>,
     events: mpsc::Receiver<String>,
     pub client: reqwest::Client,
 }
 
 impl Platform {
+    /// Returns the bound address of a role's listener (`gateway`, `admin`, `catalog`).
+    pub fn addr(&self, role: &str) -> SocketAddr {
+        self.addrs[role]
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway)
+        format!("http://{}{path}", self.addr("gateway"))
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
+        format!("http://{}{path}", self.addr("admin"))
     }
 
     /// POSTs JSON through the gateway; returns the status and the JSON answer.

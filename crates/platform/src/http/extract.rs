@@ -32,6 +32,11 @@ pub fn path_id<T: FromStr>(text: &str, what: &str) -> Result<T, Problem> {
     text.parse().map_err(|_| Problem::not_found(what))
 }
 
+/// Liveness: the process answers (`GET /health` on every listener that has one).
+pub async fn health() -> super::Json<serde_json::Value> {
+    super::Json(serde_json::json!({"status": "ok"}))
+}
+
 /// Fallback for paths no route matches.
 pub async fn not_found() -> Problem {
     Problem::new(ErrorCode::NotFound, "no route matches this path")

@@ -89,6 +89,7 @@ pub async fn request_context(
         request_id,
         path: path.clone(),
     };
+    span.in_scope(|| tracing::debug!(method = %method, path = %path, "request started"));
     let mut response = CURRENT
         .scope(info, next.run(request).instrument(span.clone()))
         .await;

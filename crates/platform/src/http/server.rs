@@ -69,6 +69,9 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     let graceful = GracefulShutdown::new();
+    let local_addr = listener
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |addr| addr.to_string());
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -97,6 +100,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    tracing::info!(addr = %local_addr, "draining");
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(options.shutdown_grace) => {

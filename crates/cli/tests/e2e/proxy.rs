@@ -1,0 +1,225 @@
+//! The gateway as a reverse proxy in front of a real HTTP upstream run by the test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Uri};
+use axum::routing::{any, get};
+use reqwest::StatusCode;
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+
+use crate::support::{Database, Platform, Setup};
+
+const STREAMED_BYTES: usize = 50 * 1024 * 1024;
+const CHUNK: usize = 1024 * 1024;
+
+/// An upstream that echoes what it received, answers slowly, or streams 50 MiB in two phases:
+/// one chunk, then the rest only after `gate` is notified.
+async fn start_upstream(gate: Arc<Notify>) -> SocketAddr {
+    let app = Router::new()
+        .route("/echo/{*rest}", any(echo))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route("/stream", get(move || stream(Arc::clone(&gate))));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn echo(uri: Uri, headers: HeaderMap) -> axum::Json<Value> {
+    let mut seen = Map::new();
+    for name in headers.keys() {
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        seen.insert(name.as_str().to_owned(), json!(values.join(", ")));
+    }
+    axum::Json(json!({"uri": uri.to_string(), "headers": seen}))
+}
+
+async fn stream(gate: Arc<Notify>) -> Body {
+    let chunks = futures_util::stream::unfold(0usize, move |sent| {
+        let gate = Arc::clone(&gate);
+        async move {
+            if sent >= STREAMED_BYTES {
+                return None;
+            }
+            if sent == CHUNK {
+                gate.notified().await;
+            }
+            Some((Ok::<_, std::io::Error>(vec![b'x'; CHUNK]), sent + CHUNK))
+        }
+    });
+    Body::from_stream(chunks)
+}
+
+fn gateway_in_front_of(upstream: SocketAddr, extra: &str) -> (Setup, Platform) {
+    let config = format!(
+        "[gateway]\n{extra}\n\
+         [[gateway.routes]]\nprefix = \"/echo\"\nservice = \"upstream\"\n\
+         [[gateway.routes]]\nprefix = \"/slow\"\nservice = \"upstream\"\ntimeout = \"300ms\"\n\
+         [[gateway.routes]]\nprefix = \"/stream\"\nservice = \"upstream\"\n\
+         [[gateway.routes]]\nprefix = \"/down\"\nservice = \"down\"\n\
+         [discovery.static]\nupstream = [\"http://{upstream}\"]\ndown = [\"http://{}\"]\n",
+        closed_port()
+    );
+    let setup = Setup::new(Database::Sqlite).config(&config);
+    let platform = setup.start_roles(&["gateway"], &["gateway", "admin"]);
+    (setup, platform)
+}
+
+fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Sends `request` to the echo route and returns the headers the upstream received.
+async fn echoed(request: reqwest::RequestBuilder) -> Value {
+    let reply = request.send().await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    reply.json::<Value>().await.unwrap()["headers"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_identity_headers_never_reach_the_upstream() {
+    let upstream = start_upstream(Arc::new(Notify::new())).await;
+    let (_setup, platform) = gateway_in_front_of(upstream, "");
+    let request = platform
+        .client
+        .get(platform.url("/echo/a?b=1"))
+        .header("connection", "keep-alive, x-private-hop")
+        .header("x-private-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-user-id", "admin")
+        .header("x-user-roles", "admin")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "hop-test")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+    let headers = echoed(request).await;
+    for forbidden in [
+        "x-private-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-user-id",
+        "x-user-roles",
+    ] {
+        assert!(
+            headers.get(forbidden).is_none(),
+            "{forbidden} reached the upstream: {headers}"
+        );
+    }
+    assert_eq!(
+        headers["x-forwarded-for"], "127.0.0.1",
+        "untrusted client values are replaced"
+    );
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(
+        headers["x-forwarded-host"],
+        platform.addr("gateway").to_string()
+    );
+    assert!(
+        headers["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;"),
+        "{headers}"
+    );
+    assert_eq!(headers["x-request-id"], "hop-test");
+    assert_eq!(
+        headers["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(headers["host"], upstream.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_trusted_proxies_are_extended() {
+    let upstream = start_upstream(Arc::new(Notify::new())).await;
+    let (_setup, platform) = gateway_in_front_of(upstream, "trusted_proxies = [\"127.0.0.0/8\"]");
+    let request = platform
+        .client
+        .get(platform.url("/echo/x"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https");
+    let headers = echoed(request).await;
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_is_502_and_a_slow_one_504() {
+    let upstream = start_upstream(Arc::new(Notify::new())).await;
+    let (_setup, platform) = gateway_in_front_of(upstream, "");
+
+    let down = platform
+        .client
+        .get(platform.url("/down/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(down.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        down.json::<Value>().await.unwrap()["type"],
+        "/problems/bad-gateway"
+    );
+
+    let slow = platform
+        .client
+        .get(platform.url("/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        slow.json::<Value>().await.unwrap()["type"],
+        "/problems/upstream-timeout"
+    );
+}
+
+/// The upstream sends its second chunk only after the client got the first one through the
+/// gateway: a gateway that buffered the response would never deliver anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_response_streams_through_without_buffering() {
+    let gate = Arc::new(Notify::new());
+    let upstream = start_upstream(Arc::clone(&gate)).await;
+    let (_setup, platform) = gateway_in_front_of(upstream, "");
+
+    let mut reply = platform
+        .client
+        .get(platform.url("/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(20), reply.chunk())
+        .await
+        .expect("the first chunk arrives before the upstream finished")
+        .unwrap()
+        .expect("a chunk");
+    let mut received = first.len();
+    gate.notify_one();
+    while let Some(chunk) = reply.chunk().await.unwrap() {
+        received += chunk.len();
+    }
+    assert_eq!(received, STREAMED_BYTES);
+}
