@@ -215,6 +215,11 @@ fn gateway_router(
         body_limit: config.gateway.body_limit.as_usize(),
         max_header_bytes: config.gateway.max_header_bytes.as_usize(),
         access_log: config.gateway.access_log,
+        compression: config
+            .gateway
+            .compression
+            .enabled
+            .then(|| (&config.gateway.compression).into()),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
     Ok(logicore_gateway::gateway_router(table, openapi, settings))

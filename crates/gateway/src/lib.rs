@@ -5,6 +5,7 @@
 //! to it as routers by the assembly in the CLI.
 
 pub mod admin;
+pub mod compression;
 pub mod forward;
 pub mod hygiene;
 pub mod policy;
@@ -35,6 +36,8 @@ pub struct GatewaySettings {
     pub max_header_bytes: usize,
     /// Log one event per request.
     pub access_log: bool,
+    /// Response compression; `None` when `gateway.compression.enabled = false`.
+    pub compression: Option<compression::CompressionSettings>,
 }
 
 /// Returns the public router: `/health`, `/openapi.json`, `/docs`, and every routed prefix.
@@ -48,11 +51,18 @@ pub fn gateway_router(
         body_limit: settings.body_limit,
         trusted_proxies: Arc::new(settings.trusted_proxies),
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/health", get(logicore_platform::http::extract::health))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(proxy::proxy)
-        .with_state(state)
+        .with_state(state);
+    if let Some(compression) = settings.compression {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(compression),
+            compression::compress,
+        ));
+    }
+    router
         .layer(axum::middleware::from_fn_with_state(
             settings.max_header_bytes,
             proxy::edge_checks,

@@ -305,3 +305,64 @@ async fn openapi_describes_every_catalog_endpoint_and_docs_work_offline() {
         "the bundle is served by the binary itself"
     );
 }
+
+#[tokio::test]
+async fn catalog_listings_compress_and_their_weak_etags_survive() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    for index in 0..20 {
+        let (status, _) = platform
+            .post_json("/api/v1/products", &product(&format!("GZ-{index}")))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let client = &platform.client;
+    let plain = client
+        .get(platform.url("/api/v1/products"))
+        .send()
+        .await
+        .unwrap();
+    let etag = plain.headers()["etag"].clone();
+    assert!(plain.bytes().await.unwrap().len() > 1024);
+
+    let gzipped = client
+        .get(platform.url("/api/v1/products"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(
+        gzipped.headers()["etag"],
+        etag,
+        "the weak ETag of the identity body is kept"
+    );
+
+    let revalidated = client
+        .get(platform.url("/api/v1/products"))
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED);
+
+    let (status, small) = platform
+        .post_json("/api/v1/product-categories", &json!({"name": "Tiny"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let uri = format!(
+        "/api/v1/product-categories/{}",
+        small["id"].as_str().unwrap()
+    );
+    let reply = client
+        .get(platform.url(&uri))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        reply.headers().get("content-encoding").is_none(),
+        "bodies under min_size stay as they are"
+    );
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Uri};
+use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
@@ -29,7 +30,8 @@ async fn start_upstream(gate: Arc<Notify>) -> SocketAddr {
                 "late"
             }),
         )
-        .route("/stream", get(move || stream(Arc::clone(&gate))));
+        .route("/stream", get(move || stream(Arc::clone(&gate))))
+        .route("/big", get(big_json));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -47,6 +49,23 @@ async fn echo(uri: Uri, headers: HeaderMap) -> axum::Json<Value> {
         seen.insert(name.as_str().to_owned(), json!(values.join(", ")));
     }
     axum::Json(json!({"uri": uri.to_string(), "headers": seen}))
+}
+
+/// 8 KiB of JSON with a strong ETag; `?no-transform` adds `Cache-Control: no-transform`.
+async fn big_json(uri: Uri) -> axum::response::Response {
+    let items: Vec<Value> = (0..100)
+        .map(|i| json!({"index": i, "label": "pallet-of-goods"}))
+        .collect();
+    let mut response = axum::Json(json!({"items": items})).into_response();
+    response
+        .headers_mut()
+        .insert("etag", "\"v1\"".parse().unwrap());
+    if uri.query() == Some("no-transform") {
+        response
+            .headers_mut()
+            .insert("cache-control", "public, no-transform".parse().unwrap());
+    }
+    response
 }
 
 async fn stream(gate: Arc<Notify>) -> Body {
@@ -71,6 +90,7 @@ fn gateway_in_front_of(upstream: SocketAddr, extra: &str) -> (Setup, Platform) {
          [[gateway.routes]]\nprefix = \"/echo\"\nservice = \"upstream\"\n\
          [[gateway.routes]]\nprefix = \"/slow\"\nservice = \"upstream\"\ntimeout = \"300ms\"\n\
          [[gateway.routes]]\nprefix = \"/stream\"\nservice = \"upstream\"\n\
+         [[gateway.routes]]\nprefix = \"/big\"\nservice = \"upstream\"\n\
          [[gateway.routes]]\nprefix = \"/down\"\nservice = \"down\"\n\
          [discovery.static]\nupstream = [\"http://{upstream}\"]\ndown = [\"http://{}\"]\n",
         closed_port()
@@ -222,4 +242,92 @@ async fn a_50_mib_response_streams_through_without_buffering() {
         received += chunk.len();
     }
     assert_eq!(received, STREAMED_BYTES);
+}
+
+async fn decode(coding: &str, bytes: &[u8]) -> Vec<u8> {
+    use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZstdDecoder};
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    match coding {
+        "br" => BrotliDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .await
+            .unwrap(),
+        "zstd" => ZstdDecoder::new(bytes).read_to_end(&mut out).await.unwrap(),
+        "gzip" => GzipDecoder::new(bytes).read_to_end(&mut out).await.unwrap(),
+        other => panic!("unexpected coding {other}"),
+    };
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_compressed_as_negotiated_and_decode_to_the_original() {
+    let upstream = start_upstream(Arc::new(Notify::new())).await;
+    let (_setup, platform) = gateway_in_front_of(upstream, "");
+    let plain = platform
+        .client
+        .get(platform.url("/big"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        plain.headers().get("content-encoding").is_none(),
+        "no Accept-Encoding, no coding"
+    );
+    assert_eq!(plain.headers()["vary"], "accept-encoding");
+    let original = plain.bytes().await.unwrap();
+
+    for (accept, expected) in [
+        ("gzip", "gzip"),
+        ("br;q=1, gzip;q=0.5", "br"),
+        ("zstd", "zstd"),
+        ("gzip, br", "br"),
+    ] {
+        let reply = platform
+            .client
+            .get(platform.url("/big"))
+            .header("accept-encoding", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.headers()["content-encoding"],
+            expected,
+            "Accept-Encoding: {accept}"
+        );
+        assert_eq!(reply.headers()["vary"], "accept-encoding");
+        assert_eq!(
+            reply.headers()["etag"],
+            "W/\"v1\"",
+            "a strong ETag turns weak"
+        );
+        assert!(
+            reply.headers().get("content-length").is_none()
+                || reply.headers()["content-length"] != original.len().to_string().as_str()
+        );
+        let encoded = reply.bytes().await.unwrap();
+        assert!(
+            encoded.len() < original.len() / 2,
+            "{expected}: {} bytes",
+            encoded.len()
+        );
+        assert_eq!(
+            decode(expected, &encoded).await,
+            original,
+            "{expected} round trip"
+        );
+    }
+
+    let kept = platform
+        .client
+        .get(platform.url("/big?no-transform"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        kept.headers().get("content-encoding").is_none(),
+        "no-transform is respected"
+    );
+    assert_eq!(kept.headers()["etag"], "\"v1\"");
 }

@@ -161,6 +161,10 @@ pub struct CompressionConfig {
     pub min_size: ByteSize,
     /// gzip level, 1 (fast, like nginx's default) to 9.
     pub gzip_level: u32,
+    /// Brotli quality, 0 to 11 (4: the usual choice for dynamic responses).
+    pub br_level: u32,
+    /// Zstandard level, 1 to 19 (3: zstd's own default).
+    pub zstd_level: u32,
     /// Algorithms offered, in order of preference.
     pub algorithms: Vec<CompressionAlgorithm>,
 }
@@ -171,6 +175,8 @@ impl Default for CompressionConfig {
             enabled: true,
             min_size: ByteSize(1 << 10),
             gzip_level: 1,
+            br_level: 4,
+            zstd_level: 3,
             algorithms: vec![
                 CompressionAlgorithm::Br,
                 CompressionAlgorithm::Zstd,
