@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -21,6 +22,7 @@ use logicore_platform::discovery::Discovery;
 use logicore_platform::http::extract;
 use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::server::{self, ServerOptions};
+use logicore_platform::telemetry::metrics::MetricsHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +109,11 @@ pub struct Process {
 
 impl Process {
     /// Opens what the roles need and binds their listeners.
-    pub async fn build(config: &Config, roles: Roles) -> anyhow::Result<Process> {
+    pub async fn build(
+        config: &Config,
+        roles: Roles,
+        metrics: Option<MetricsHandle>,
+    ) -> anyhow::Result<Process> {
         let options = ServerOptions {
             max_header_bytes: config.gateway.max_header_bytes.as_usize(),
             header_read_timeout: config.gateway.header_read_timeout,
@@ -121,8 +127,12 @@ impl Process {
                 let catalog = catalog.layer(DefaultBodyLimit::disable());
                 let mut local = BTreeMap::new();
                 local.insert(logicore_catalog::SERVICE_NAME.to_owned(), catalog);
-                let gateway = gateway_router(config, local, vec![catalog_api])?;
-                let admin = logicore_gateway::admin_router(vec![database_check(&db)]);
+                let (gateway, routes) = gateway_router(config, local, vec![catalog_api])?;
+                let admin = logicore_gateway::admin_router(
+                    vec![database_check(&db)],
+                    metrics,
+                    Some(routes),
+                );
                 let served = vec![
                     bind("gateway", config.gateway.listen, gateway).await?,
                     bind("admin", config.admin.listen, admin).await?,
@@ -135,8 +145,8 @@ impl Process {
                 }
             }
             Roles::Gateway => {
-                let gateway = gateway_router(config, BTreeMap::new(), Vec::new())?;
-                let admin = logicore_gateway::admin_router(Vec::new());
+                let (gateway, routes) = gateway_router(config, BTreeMap::new(), Vec::new())?;
+                let admin = logicore_gateway::admin_router(Vec::new(), metrics, Some(routes));
                 let served = vec![
                     bind("gateway", config.gateway.listen, gateway).await?,
                     bind("admin", config.admin.listen, admin).await?,
@@ -208,8 +218,8 @@ fn gateway_router(
     config: &Config,
     local: BTreeMap<String, Router>,
     apis: Vec<utoipa::openapi::OpenApi>,
-) -> anyhow::Result<Router> {
-    let table = routing_table(config, local)?;
+) -> anyhow::Result<(Router, Arc<RouteTable>)> {
+    let table = Arc::new(routing_table(config, local)?);
     let settings = GatewaySettings {
         trusted_proxies: TrustedProxies::parse(&config.gateway.trusted_proxies),
         body_limit: config.gateway.body_limit.as_usize(),
@@ -222,7 +232,8 @@ fn gateway_router(
             .then(|| (&config.gateway.compression).into()),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
-    Ok(logicore_gateway::gateway_router(table, openapi, settings))
+    let router = logicore_gateway::gateway_router(Arc::clone(&table), openapi, settings);
+    Ok((router, table))
 }
 
 fn database_check(db: &Db) -> ReadinessCheck {

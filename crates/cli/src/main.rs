@@ -99,7 +99,9 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let _log_guard = init_logging(&config, Some(roles))?;
     let shutdown = CancellationToken::new();
     lifecycle::cancel_on_signals(shutdown.clone()).context("failed to install signal handlers")?;
-    let process = assembly::Process::build(&config, roles).await?;
+    let metrics = telemetry::metrics::install()?;
+    logicore_gateway::metrics::describe();
+    let process = assembly::Process::build(&config, roles, Some(metrics)).await?;
     process.run(shutdown).await;
     Ok(())
 }

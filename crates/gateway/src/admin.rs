@@ -10,9 +10,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use logicore_platform::http::request_context::{AccessLog, request_context};
+use std::sync::atomic::Ordering;
+
+use logicore_platform::http::request_context::{AccessLog, request_context, tag_route_template};
 use logicore_platform::http::{ErrorCode, Json, Problem, extract};
-use serde_json::{Map, json};
+use logicore_platform::telemetry::metrics::MetricsHandle;
+use serde_json::{Map, Value, json};
+
+use crate::routing::{Route, RouteTable, Upstream};
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,13 +53,34 @@ impl ReadinessCheck {
     }
 }
 
-/// Returns the admin router.
-pub fn admin_router(checks: Vec<ReadinessCheck>) -> Router {
+/// What the admin listener reports on.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    checks: Arc<Vec<ReadinessCheck>>,
+    metrics: Option<MetricsHandle>,
+    routes: Option<Arc<RouteTable>>,
+}
+
+/// Returns the admin router: `/health`, `/ready`, `/metrics` (when a recorder is installed)
+/// and `/admin/upstreams` (when this process runs a gateway).
+pub fn admin_router(
+    checks: Vec<ReadinessCheck>,
+    metrics: Option<MetricsHandle>,
+    routes: Option<Arc<RouteTable>>,
+) -> Router {
+    let state = AdminState {
+        checks: Arc::new(checks),
+        metrics,
+        routes,
+    };
     Router::new()
         .route("/health", get(extract::health))
         .route("/ready", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/admin/upstreams", get(upstreams))
         .fallback(extract::not_found)
-        .with_state(Arc::new(checks))
+        .with_state(state)
+        .route_layer(axum::middleware::from_fn(tag_route_template))
         .layer(axum::middleware::from_fn_with_state(
             AccessLog {
                 service: "admin",
@@ -64,7 +90,70 @@ pub fn admin_router(checks: Vec<ReadinessCheck>) -> Router {
         ))
 }
 
-async fn ready(State(checks): State<Arc<Vec<ReadinessCheck>>>) -> Response {
+async fn render_metrics(State(state): State<AdminState>) -> Response {
+    let Some(metrics) = &state.metrics else {
+        return Problem::new(
+            ErrorCode::NotFound,
+            "metrics are not enabled in this process",
+        )
+        .into_response();
+    };
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// Lists every upstream service, how it is reached, its routes and its instances.
+async fn upstreams(State(state): State<AdminState>) -> Response {
+    let Some(routes) = &state.routes else {
+        return Problem::new(ErrorCode::NotFound, "this process runs no gateway").into_response();
+    };
+    let mut services: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+    for route in routes.routes() {
+        let entry = services
+            .entry(route.service.clone())
+            .or_insert_with(|| describe_upstream(route));
+        if let Some(prefixes) = entry["routes"].as_array_mut() {
+            prefixes.push(json!(route.prefix));
+        }
+    }
+    Json(json!({"upstreams": services.into_values().collect::<Vec<_>>()})).into_response()
+}
+
+fn describe_upstream(route: &Route) -> Value {
+    match &route.upstream {
+        Upstream::Local(_) => json!({
+            "service": route.service,
+            "kind": "local",
+            "routes": [],
+            "instances": [{"url": "in-process", "healthy": true}],
+        }),
+        Upstream::Remote(pool) => {
+            let instances: Vec<Value> = pool
+                .instance_health()
+                .map(|(instance, health)| {
+                    let consecutive = health.consecutive_failures.load(Ordering::Relaxed);
+                    json!({
+                        "url": format!("{}{}", instance.origin, instance.base_path),
+                        "healthy": consecutive == 0,
+                        "requests": health.requests.load(Ordering::Relaxed),
+                        "failures": health.failures.load(Ordering::Relaxed),
+                        "consecutive_failures": consecutive,
+                    })
+                })
+                .collect();
+            json!({"service": route.service, "kind": "remote", "routes": [], "instances": instances})
+        }
+    }
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    let checks = &state.checks;
     let mut results = Map::new();
     let mut failures = Vec::new();
     for check in checks.iter() {

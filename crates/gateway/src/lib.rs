@@ -8,6 +8,7 @@ pub mod admin;
 pub mod compression;
 pub mod forward;
 pub mod hygiene;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod remote;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use logicore_platform::http::request_context::{AccessLog, request_context};
+use logicore_platform::http::request_context::{AccessLog, request_context, tag_route_template};
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use admin::{ReadinessCheck, admin_router};
@@ -42,18 +43,19 @@ pub struct GatewaySettings {
 
 /// Returns the public router: `/health`, `/openapi.json`, `/docs`, and every routed prefix.
 pub fn gateway_router(
-    table: RouteTable,
+    table: Arc<RouteTable>,
     openapi: utoipa::openapi::OpenApi,
     settings: GatewaySettings,
 ) -> Router {
     let state = proxy::ProxyState {
-        table: Arc::new(table),
+        table,
         body_limit: settings.body_limit,
         trusted_proxies: Arc::new(settings.trusted_proxies),
     };
     let mut router = Router::new()
         .route("/health", get(logicore_platform::http::extract::health))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .route_layer(axum::middleware::from_fn(tag_route_template))
         .fallback(proxy::proxy)
         .with_state(state);
     if let Some(compression) = settings.compression {

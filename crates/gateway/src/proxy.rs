@@ -10,7 +10,7 @@ use http::{Method, header};
 use logicore_platform::http::{ErrorCode, Problem};
 use tower::ServiceExt;
 
-use logicore_platform::http::request_context::ClientAddr;
+use logicore_platform::http::request_context::{ClientAddr, RouteTemplate};
 
 use crate::forward::{self, TrustedProxies};
 use crate::routing::{RouteTable, Upstream};
@@ -73,9 +73,23 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
     let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     let request = Request::from_parts(parts, body);
     let mut response = match &route.upstream {
-        Upstream::Local(router) => call_local(router.clone(), request).await,
+        Upstream::Local(router) => {
+            let started = std::time::Instant::now();
+            let response = call_local(router.clone(), request).await;
+            crate::metrics::record_upstream(
+                &route.service,
+                response.status().as_str(),
+                started.elapsed(),
+            );
+            response
+        }
         Upstream::Remote(pool) => pool.forward(request, route.timeout).await,
     };
+    if response.extensions().get::<RouteTemplate>().is_none() {
+        response
+            .extensions_mut()
+            .insert(RouteTemplate(Arc::clone(&route.template)));
+    }
     if let Some(cache_control) = &route.cache_control
         && is_read
         && response.status().is_success()

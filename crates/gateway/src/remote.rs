@@ -4,8 +4,9 @@
 //! `bad-gateway`, no response head within the route's timeout answers 504 `upstream-timeout`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -64,10 +65,23 @@ pub struct RemotePool {
     inner: Arc<PoolInner>,
 }
 
+/// What the gateway has seen of one instance (passive: from real traffic only).
+#[derive(Debug, Default)]
+pub struct InstanceHealth {
+    /// Requests forwarded.
+    pub requests: AtomicU64,
+    /// Connection failures and timeouts.
+    pub failures: AtomicU64,
+    /// Failures since the last success.
+    pub consecutive_failures: AtomicU64,
+}
+
 #[derive(Debug)]
 struct PoolInner {
     service: String,
     instances: Vec<Instance>,
+    /// Parallel to `instances`.
+    health: Vec<InstanceHealth>,
     /// Round-robin position, shared by every route to this service.
     next: AtomicUsize,
     client: HttpClient,
@@ -79,6 +93,10 @@ impl RemotePool {
         RemotePool {
             inner: Arc::new(PoolInner {
                 service: service.to_owned(),
+                health: instances
+                    .iter()
+                    .map(|_| InstanceHealth::default())
+                    .collect(),
                 instances,
                 next: AtomicUsize::new(0),
                 client,
@@ -96,9 +114,14 @@ impl RemotePool {
         &self.inner.instances
     }
 
+    /// Returns each instance with what the gateway has seen of it.
+    pub fn instance_health(&self) -> impl Iterator<Item = (&Instance, &InstanceHealth)> {
+        self.inner.instances.iter().zip(&self.inner.health)
+    }
+
     /// Sends the request to the next instance (round robin) and streams its answer back.
     pub async fn forward(&self, mut request: Request, timeout: Duration) -> Response {
-        let Some(instance) = self.pick() else {
+        let Some((instance, health)) = self.pick() else {
             return Problem::new(
                 ErrorCode::UpstreamUnavailable,
                 "the upstream has no instances",
@@ -118,7 +141,22 @@ impl RemotePool {
         // The client sets Host from the URI; the client's Host went to X-Forwarded-Host.
         request.headers_mut().remove(http::header::HOST);
 
-        match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
+        let started = Instant::now();
+        health.requests.fetch_add(1, Ordering::Relaxed);
+        let result = tokio::time::timeout(timeout, self.inner.client.request(request)).await;
+        let outcome = match &result {
+            Ok(Ok(response)) => response.status().as_str().to_owned(),
+            Ok(Err(_)) => "error".to_owned(),
+            Err(_) => "timeout".to_owned(),
+        };
+        crate::metrics::record_upstream(&self.inner.service, &outcome, started.elapsed());
+        if result.as_ref().is_ok_and(Result::is_ok) {
+            health.consecutive_failures.store(0, Ordering::Relaxed);
+        } else {
+            health.failures.fetch_add(1, Ordering::Relaxed);
+            health.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        match result {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
@@ -146,11 +184,14 @@ impl RemotePool {
         }
     }
 
-    fn pick(&self) -> Option<&Instance> {
+    fn pick(&self) -> Option<(&Instance, &InstanceHealth)> {
         if self.inner.instances.is_empty() {
             return None;
         }
         let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.instances.len();
-        self.inner.instances.get(index)
+        Some((
+            self.inner.instances.get(index)?,
+            self.inner.health.get(index)?,
+        ))
     }
 }

@@ -86,6 +86,8 @@ pub struct RoutePolicy {
 pub struct Route {
     /// Path prefix.
     pub prefix: String,
+    /// `route` label of responses an upstream did not label itself (`<prefix>/*`).
+    pub template: std::sync::Arc<str>,
     /// Upstream service name (for logs and metrics).
     pub service: String,
     /// Methods routed; `None` = all.
@@ -186,8 +188,10 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
             .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
             .collect()
     });
+    let prefix = normalise_prefix(&config.prefix);
     Route {
-        prefix: normalise_prefix(&config.prefix),
+        template: format!("{}/*", prefix.trim_end_matches('/')).into(),
+        prefix,
         service: config.service.clone(),
         methods,
         policy: RoutePolicy {

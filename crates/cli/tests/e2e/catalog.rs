@@ -366,3 +366,89 @@ async fn catalog_listings_compress_and_their_weak_etags_survive() {
         "bodies under min_size stay as they are"
     );
 }
+
+/// `promtool` checks the exposition when `LOGICORE_TEST_PROMTOOL` names it (CI does); the
+/// labels are checked here either way.
+#[tokio::test]
+async fn metrics_are_exposed_with_route_templates_and_pass_promtool() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let client = &platform.client;
+    let (_, created) = platform
+        .post_json("/api/v1/products", &product("MET-1"))
+        .await;
+    let uri = format!("/api/v1/products/{}", created["id"].as_str().unwrap());
+    assert_eq!(
+        client
+            .get(platform.url(&uri))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    client.get(platform.url("/nowhere")).send().await.unwrap();
+
+    let reply = client
+        .get(platform.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert!(
+        reply.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = reply.text().await.unwrap();
+    for expected in [
+        r#"http_request_duration_seconds_bucket{service="gateway",method="GET",route="/api/v1/products/{id}",status="200",le="0.0005"}"#,
+        r#"http_request_duration_seconds_count{service="gateway",method="POST",route="/api/v1/products",status="201"} 1"#,
+        r#"route="unmatched",status="404""#,
+        r#"gateway_upstream_duration_seconds_count{upstream="catalog",outcome="201"} 1"#,
+        "process_resident_memory_bytes ",
+        "# HELP http_request_duration_seconds ",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    assert!(
+        !text.contains(created["id"].as_str().unwrap()),
+        "raw paths must not become labels"
+    );
+
+    if let Ok(promtool) = std::env::var("LOGICORE_TEST_PROMTOOL") {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("LOGICORE_TEST_PROMTOOL={promtool} cannot run: {err}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let upstreams: Value = client
+        .get(platform.admin_url("/admin/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(upstreams["upstreams"][0]["service"], "catalog");
+    assert_eq!(upstreams["upstreams"][0]["kind"], "local");
+}

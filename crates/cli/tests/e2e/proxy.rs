@@ -187,8 +187,8 @@ async fn forwarding_headers_from_trusted_proxies_are_extended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_upstream_is_502_and_a_slow_one_504() {
-    let upstream = start_upstream(Arc::new(Notify::new())).await;
-    let (_setup, platform) = gateway_in_front_of(upstream, "");
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let (_setup, platform) = gateway_in_front_of(upstream_addr, "");
 
     let down = platform
         .client

@@ -30,6 +30,24 @@ pub struct RequestInfo {
     pub path: String,
 }
 
+/// The route template that answered (`/api/v1/products/{id}`), set as a response extension
+/// by whoever routed the request; used as the `route` label of the request histogram.
+#[derive(Debug, Clone)]
+pub struct RouteTemplate(pub std::sync::Arc<str>);
+
+/// Middleware for a service router (`route_layer`): tags responses with the matched template.
+pub async fn tag_route_template(request: Request, next: Next) -> Response {
+    let template = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|matched| std::sync::Arc::<str>::from(matched.as_str()));
+    let mut response = next.run(request).await;
+    if let Some(template) = template {
+        response.extensions_mut().insert(RouteTemplate(template));
+    }
+    response
+}
+
 /// The peer address of the connection, inserted by the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
@@ -96,8 +114,21 @@ pub async fn request_context(
     if let Some(value) = header_value {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
+    let elapsed = started.elapsed();
+    let route = response
+        .extensions()
+        .get::<RouteTemplate>()
+        .map_or_else(|| "unmatched".to_owned(), |template| template.0.to_string());
+    metrics::histogram!(
+        crate::telemetry::metrics::HTTP_REQUEST_DURATION,
+        "service" => access_log.service,
+        "method" => method.as_str().to_owned(),
+        "route" => route,
+        "status" => response.status().as_str().to_owned(),
+    )
+    .record(elapsed.as_secs_f64());
     if access_log.enabled {
-        let duration_ms = started.elapsed().as_micros() as f64 / 1000.0;
+        let duration_ms = elapsed.as_micros() as f64 / 1000.0;
         span.in_scope(|| {
             tracing::info!(
                 service = access_log.service,

@@ -6,6 +6,8 @@
 //! neither.
 
 mod json;
+pub mod metrics;
+mod process;
 pub mod retention;
 
 use std::io::IsTerminal;

@@ -13,7 +13,7 @@ pub mod store;
 
 use axum::Router;
 use logicore_platform::db::Migration;
-use logicore_platform::http::{conditional, extract};
+use logicore_platform::http::{conditional, extract, request_context};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -61,6 +61,9 @@ pub fn router(service: CatalogService) -> (Router, utoipa::openapi::OpenApi) {
         .with_state(service)
         .split_for_parts();
     let router = router
+        .route_layer(axum::middleware::from_fn(
+            request_context::tag_route_template,
+        ))
         .method_not_allowed_fallback(extract::method_not_allowed)
         .fallback(extract::not_found)
         .layer(axum::middleware::from_fn(conditional::conditional_get));
