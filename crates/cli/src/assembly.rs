@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use logicore_catalog::CatalogService;
+use logicore_gateway::auth::{Authenticator, JwksOptions};
 use logicore_gateway::{
     GatewaySettings, ReadinessCheck, RouteTable, RoutingError, TrustedProxies, UpstreamResolver,
 };
@@ -220,7 +221,13 @@ fn gateway_router(
     apis: Vec<utoipa::openapi::OpenApi>,
 ) -> anyhow::Result<(Router, Arc<RouteTable>)> {
     let table = Arc::new(routing_table(config, local)?);
+    let authenticator = Authenticator::new(
+        &config.gateway.auth.issuers,
+        config.auth.leeway,
+        JwksOptions::default(),
+    );
     let settings = GatewaySettings {
+        authenticator,
         trusted_proxies: TrustedProxies::parse(&config.gateway.trusted_proxies),
         body_limit: config.gateway.body_limit.as_usize(),
         max_header_bytes: config.gateway.max_header_bytes.as_usize(),

@@ -5,6 +5,7 @@
 //! to it as routers by the assembly in the CLI.
 
 pub mod admin;
+pub mod auth;
 pub mod compression;
 pub mod forward;
 pub mod hygiene;
@@ -29,6 +30,8 @@ pub use routing::{Route, RouteTable, RoutingError, Upstream, UpstreamResolver};
 /// Gateway settings taken from `[gateway]`.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// Verifies bearer tokens.
+    pub authenticator: auth::Authenticator,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: TrustedProxies,
     /// Largest request body accepted (413 above).
@@ -51,6 +54,7 @@ pub fn gateway_router(
         table,
         body_limit: settings.body_limit,
         trusted_proxies: Arc::new(settings.trusted_proxies),
+        authenticator: settings.authenticator,
     };
     let mut router = Router::new()
         .route("/health", get(logicore_platform::http::extract::health))

@@ -12,6 +12,10 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from forwarding a request to receiving the upstream's response headers, by upstream and outcome (HTTP status, `error` or `timeout`)."
     );
+    metrics::describe_counter!(
+        crate::policy::AUTH_OUTCOMES,
+        "Bearer token checks at the edge, by issuer and outcome (ok, missing, invalid, expired, forbidden)."
+    );
 }
 
 /// Records one upstream call.

@@ -1,28 +1,107 @@
-//! The per-route policy hook, run before a request reaches its upstream.
+//! The per-route policy, run before a request reaches its upstream.
 //!
-//! Today no token issuer is built in, so `auth = "required"` answers 401 and tokens are not
-//! read; the identity work plugs verification in here. Client-sent identity headers are
-//! always stripped: upstreams must never believe identity that came from the network.
+//! Client-sent identity headers are always stripped: upstreams must never believe identity
+//! that came from the network. A bearer token is verified (`auth = "optional"` or
+//! `"required"`); a present but invalid token is refused even on optional routes, since a
+//! client that sends one expects it to count. `roles` need one of the listed roles (403), and
+//! imply authentication. The verified principal goes to in-process services as a request
+//! extension and to every upstream as informational `x-user-id` / `x-user-roles`.
 
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
 use http::request::Parts;
+use http::{HeaderValue, header};
 use logicore_platform::config::RouteAuth;
 use logicore_platform::http::{ErrorCode, Problem};
 
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::routing::RoutePolicy;
 
 /// Headers that carry identity to upstreams; only the gateway may set them.
 const IDENTITY_HEADER_PREFIX: &str = "x-user-";
 
-/// Applies `policy` to a request: strips client identity headers, refuses what it must.
-pub fn enforce(policy: &RoutePolicy, parts: &mut Parts) -> Result<(), Problem> {
+/// Counter of authentication outcomes.
+pub const AUTH_OUTCOMES: &str = "gateway_auth_total";
+
+/// Applies `policy`: strips client identity headers, verifies the token, checks roles.
+pub async fn enforce(
+    policy: &RoutePolicy,
+    parts: &mut Parts,
+    authenticator: &Authenticator,
+) -> Result<Option<Arc<Principal>>, Response> {
     strip_identity_headers(parts);
-    match policy.auth {
-        RouteAuth::None | RouteAuth::Optional => Ok(()),
-        RouteAuth::Required => Err(Problem::new(
-            ErrorCode::Unauthorized,
-            "this route needs a bearer token, and no token issuer is configured yet",
-        )),
+    if policy.auth == RouteAuth::None {
+        return Ok(None);
     }
+    let needs_identity = policy.auth == RouteAuth::Required || !policy.roles.is_empty();
+    let Some(token) = bearer_token(parts) else {
+        if needs_identity {
+            record("none", "missing");
+            return Err(unauthorized("this route needs a bearer token", None));
+        }
+        return Ok(None);
+    };
+    let principal = match authenticator.verify(&token).await {
+        Ok(principal) => principal,
+        Err(err) => {
+            record(
+                "none",
+                if err == AuthError::Expired {
+                    "expired"
+                } else {
+                    "invalid"
+                },
+            );
+            return Err(unauthorized(&err.to_string(), Some(&err)));
+        }
+    };
+    if !policy.roles.is_empty()
+        && !principal
+            .roles
+            .iter()
+            .any(|role| policy.roles.contains(role))
+    {
+        record(&principal.issuer, "forbidden");
+        return Err(Problem::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this route needs one of the roles: {}",
+                policy.roles.join(", ")
+            ),
+        )
+        .into_response());
+    }
+    record(&principal.issuer, "ok");
+    set_identity_headers(parts, &principal);
+    parts.extensions.insert(Arc::clone(&principal));
+    Ok(Some(principal))
+}
+
+fn record(issuer: &str, outcome: &'static str) {
+    metrics::counter!(AUTH_OUTCOMES, "issuer" => issuer.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+fn bearer_token(parts: &Parts) -> Option<String> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+}
+
+/// 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3).
+fn unauthorized(detail: &str, error: Option<&AuthError>) -> Response {
+    let mut response = Problem::new(ErrorCode::Unauthorized, detail).into_response();
+    let challenge = match error {
+        Some(_) => "Bearer error=\"invalid_token\"",
+        None => "Bearer",
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
 }
 
 fn strip_identity_headers(parts: &mut Parts) {
@@ -37,9 +116,21 @@ fn strip_identity_headers(parts: &mut Parts) {
     }
 }
 
+fn set_identity_headers(parts: &mut Parts, principal: &Principal) {
+    if let Ok(subject) = HeaderValue::from_str(&principal.subject) {
+        parts.headers.insert("x-user-id", subject);
+    }
+    if let Ok(roles) = HeaderValue::from_str(&principal.roles.join(",")) {
+        parts.headers.insert("x-user-roles", roles);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::auth::JwksOptions;
 
     fn parts_with(headers: &[(&str, &str)]) -> Parts {
         let mut builder = http::Request::builder().uri("/x");
@@ -49,8 +140,12 @@ mod tests {
         builder.body(()).unwrap().into_parts().0
     }
 
-    #[test]
-    fn client_identity_headers_never_pass() {
+    fn nobody() -> Authenticator {
+        Authenticator::new(&[], Duration::from_secs(30), JwksOptions::default())
+    }
+
+    #[tokio::test]
+    async fn client_identity_headers_never_pass() {
         let mut parts = parts_with(&[
             ("x-user-id", "admin"),
             ("x-user-roles", "admin"),
@@ -60,20 +155,21 @@ mod tests {
             auth: RouteAuth::Optional,
             roles: Vec::new(),
         };
-        enforce(&policy, &mut parts).unwrap();
+        enforce(&policy, &mut parts, &nobody()).await.unwrap();
         assert!(parts.headers.get("x-user-id").is_none());
         assert!(parts.headers.get("x-user-roles").is_none());
         assert!(parts.headers.get("accept").is_some());
     }
 
-    #[test]
-    fn required_auth_is_refused_until_an_issuer_exists() {
+    #[tokio::test]
+    async fn required_auth_without_a_token_is_401_with_a_challenge() {
         let mut parts = parts_with(&[]);
         let policy = RoutePolicy {
             auth: RouteAuth::Required,
             roles: Vec::new(),
         };
-        let problem = enforce(&policy, &mut parts).unwrap_err();
-        assert_eq!(problem.code, ErrorCode::Unauthorized);
+        let response = enforce(&policy, &mut parts, &nobody()).await.unwrap_err();
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
     }
 }

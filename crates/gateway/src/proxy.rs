@@ -12,6 +12,7 @@ use tower::ServiceExt;
 
 use logicore_platform::http::request_context::{ClientAddr, RouteTemplate};
 
+use crate::auth::Authenticator;
 use crate::forward::{self, TrustedProxies};
 use crate::routing::{RouteTable, Upstream};
 use crate::{hygiene, policy};
@@ -25,6 +26,8 @@ pub struct ProxyState {
     pub body_limit: usize,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// Verifies bearer tokens for route policies.
+    pub authenticator: Authenticator,
 }
 
 /// Middleware: refuses oversized header blocks and malformed paths before anything routes them.
@@ -59,8 +62,8 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
         )
         .into_response();
     }
-    if let Err(problem) = policy::enforce(&route.policy, &mut parts) {
-        return problem.into_response();
+    if let Err(refusal) = policy::enforce(&route.policy, &mut parts, &state.authenticator).await {
+        return refusal;
     }
     let body = match hygiene::limit_body(&parts, body, state.body_limit) {
         Ok(body) => body,

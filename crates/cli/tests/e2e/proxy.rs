@@ -85,6 +85,11 @@ async fn stream(gate: Arc<Notify>) -> Body {
 }
 
 fn gateway_in_front_of(upstream: SocketAddr, extra: &str) -> (Setup, Platform) {
+    gateway_with(upstream, extra, "")
+}
+
+/// A gateway routing to `upstream`, with extra `[gateway]` keys and extra TOML at the end.
+fn gateway_with(upstream: SocketAddr, extra: &str, tail: &str) -> (Setup, Platform) {
     let config = format!(
         "[gateway]\n{extra}\n\
          [[gateway.routes]]\nprefix = \"/echo\"\nservice = \"upstream\"\n\
@@ -92,7 +97,7 @@ fn gateway_in_front_of(upstream: SocketAddr, extra: &str) -> (Setup, Platform) {
          [[gateway.routes]]\nprefix = \"/stream\"\nservice = \"upstream\"\n\
          [[gateway.routes]]\nprefix = \"/big\"\nservice = \"upstream\"\n\
          [[gateway.routes]]\nprefix = \"/down\"\nservice = \"down\"\n\
-         [discovery.static]\nupstream = [\"http://{upstream}\"]\ndown = [\"http://{}\"]\n",
+         [discovery.static]\nupstream = [\"http://{upstream}\"]\ndown = [\"http://{}\"]\n{tail}",
         closed_port()
     );
     let setup = Setup::new(Database::Sqlite).config(&config);
@@ -330,4 +335,116 @@ async fn responses_are_compressed_as_negotiated_and_decode_to_the_original() {
         "no-transform is respected"
     );
     assert_eq!(kept.headers()["etag"], "\"v1\"");
+}
+
+fn hs256(claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(b"edge-secret");
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_policies_answer_401_and_403_and_pass_the_verified_identity() {
+    let upstream = start_upstream(Arc::new(Notify::new())).await;
+    let tail = "[[gateway.routes]]\nprefix = \"/echo/admin\"\nservice = \"upstream\"\nauth = \"required\"\nroles = [\"admin\"]\n\
+                [[gateway.auth.issuers]]\nname = \"supabase\"\nhs256_secret = \"edge-secret\"\nalgorithms = [\"HS256\"]\n";
+    let (_setup, platform) = gateway_with(upstream, "", tail);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let url = platform.url("/echo/admin/orders");
+
+    let anonymous = platform.client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        anonymous.json::<Value>().await.unwrap()["type"],
+        "/problems/unauthorized"
+    );
+
+    let forged = format!(
+        "{}x",
+        hs256(&json!({"sub": "u1", "roles": ["admin"], "exp": exp}))
+    );
+    let reply = platform
+        .client
+        .get(&url)
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+
+    let expired = hs256(&json!({"sub": "u1", "roles": ["admin"], "exp": exp - 3600}));
+    let reply = platform
+        .client
+        .get(&url)
+        .bearer_auth(expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+
+    let customer = hs256(&json!({"sub": "u2", "roles": ["customer"], "exp": exp}));
+    let reply = platform
+        .client
+        .get(&url)
+        .bearer_auth(customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        reply.json::<Value>().await.unwrap()["type"],
+        "/problems/forbidden"
+    );
+
+    let admin = hs256(&json!({"sub": "u3", "roles": ["admin", "ops"], "exp": exp}));
+    let request = platform
+        .client
+        .get(&url)
+        .bearer_auth(&admin)
+        .header("x-user-id", "someone-else");
+    let headers = echoed(request).await;
+    assert_eq!(
+        headers["x-user-id"], "u3",
+        "the verified subject, never the client's"
+    );
+    assert_eq!(headers["x-user-roles"], "admin,ops");
+
+    // Optional routes ignore a missing token but refuse a bad one.
+    let open = platform
+        .client
+        .get(platform.url("/echo/public"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let bad = platform
+        .client
+        .get(platform.url("/echo/public"))
+        .bearer_auth("garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+
+    let metrics = platform
+        .client
+        .get(platform.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"gateway_auth_total{issuer="supabase",outcome="forbidden"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gateway_auth_total{issuer="supabase",outcome="ok"} 1"#),
+        "{metrics}"
+    );
 }
