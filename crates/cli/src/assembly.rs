@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -14,15 +13,18 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use logicore_catalog::CatalogService;
 use logicore_gateway::auth::{Authenticator, JwksOptions};
+use logicore_gateway::remote::HttpClient;
 use logicore_gateway::{
-    GatewaySettings, ReadinessCheck, RouteTable, RoutingError, TrustedProxies, UpstreamResolver,
+    EdgeConfig, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable, RoutingError,
+    TrustedProxies, UpstreamResolver,
 };
-use logicore_platform::config::Config;
+use logicore_platform::config::{self, Config, ConfigSource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
 use logicore_platform::http::extract;
 use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::server::{self, ServerOptions};
+use logicore_platform::lifecycle::Hangups;
 use logicore_platform::telemetry::metrics::MetricsHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -81,16 +83,59 @@ pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
     if roles == Roles::All {
         local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
     }
-    routing_table(config, local).map(drop)
+    edge_config(config, local, logicore_gateway::http_client()).map(drop)
 }
 
-fn routing_table(
+/// Builds the reloadable edge rules (routes, upstreams, issuers, trusted proxies).
+fn edge_config(
     config: &Config,
     local: BTreeMap<String, Router>,
-) -> Result<RouteTable, RoutingError> {
+    client: HttpClient,
+) -> Result<EdgeConfig, RoutingError> {
     let discovery = Discovery::from_config(&config.discovery);
-    let mut resolver = UpstreamResolver::new(local, discovery, logicore_gateway::http_client());
-    RouteTable::build(&built_in_routes(), &config.gateway.routes, &mut resolver)
+    let mut resolver = UpstreamResolver::new(local, discovery, client);
+    let table = RouteTable::build(&built_in_routes(), &config.gateway.routes, &mut resolver)?;
+    Ok(EdgeConfig {
+        table,
+        authenticator: Authenticator::new(
+            &config.gateway.auth.issuers,
+            config.auth.leeway,
+            JwksOptions::default(),
+        ),
+        trusted_proxies: TrustedProxies::parse(&config.gateway.trusted_proxies),
+    })
+}
+
+/// Re-reads the config on SIGHUP and swaps the gateway's edge rules when it is valid.
+#[derive(Debug)]
+struct Reloader {
+    source: ConfigSource,
+    local: BTreeMap<String, Router>,
+    client: HttpClient,
+    live: LiveEdge,
+}
+
+impl Reloader {
+    /// Loads, validates and builds; on any error logs it and keeps the rules in force.
+    fn reload(&self) {
+        let config = match config::load(&self.source) {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::error!(error = %err, "config reload refused; the previous config stays");
+                return;
+            }
+        };
+        match edge_config(&config, self.local.clone(), self.client.clone()) {
+            Ok(edge) => {
+                let routes = edge.table.routes().len();
+                self.live.replace(edge);
+                tracing::info!(routes, "config reloaded");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "config reload refused; the previous config stays");
+            }
+        }
+    }
 }
 
 /// One bound listener and what it serves.
@@ -106,12 +151,14 @@ pub struct Process {
     served: Vec<Served>,
     db: Option<Db>,
     options: ServerOptions,
+    reloader: Option<Reloader>,
 }
 
 impl Process {
     /// Opens what the roles need and binds their listeners.
     pub async fn build(
         config: &Config,
+        source: &ConfigSource,
         roles: Roles,
         metrics: Option<MetricsHandle>,
     ) -> anyhow::Result<Process> {
@@ -128,11 +175,11 @@ impl Process {
                 let catalog = catalog.layer(DefaultBodyLimit::disable());
                 let mut local = BTreeMap::new();
                 local.insert(logicore_catalog::SERVICE_NAME.to_owned(), catalog);
-                let (gateway, routes) = gateway_router(config, local, vec![catalog_api])?;
+                let (gateway, reloader) = gateway_router(config, source, local, vec![catalog_api])?;
                 let admin = logicore_gateway::admin_router(
                     vec![database_check(&db)],
                     metrics,
-                    Some(routes),
+                    Some(reloader.live.clone()),
                 );
                 let served = vec![
                     bind("gateway", config.gateway.listen, gateway).await?,
@@ -143,11 +190,17 @@ impl Process {
                     served,
                     db: Some(db),
                     options,
+                    reloader: Some(reloader),
                 }
             }
             Roles::Gateway => {
-                let (gateway, routes) = gateway_router(config, BTreeMap::new(), Vec::new())?;
-                let admin = logicore_gateway::admin_router(Vec::new(), metrics, Some(routes));
+                let (gateway, reloader) =
+                    gateway_router(config, source, BTreeMap::new(), Vec::new())?;
+                let admin = logicore_gateway::admin_router(
+                    Vec::new(),
+                    metrics,
+                    Some(reloader.live.clone()),
+                );
                 let served = vec![
                     bind("gateway", config.gateway.listen, gateway).await?,
                     bind("admin", config.admin.listen, admin).await?,
@@ -157,6 +210,7 @@ impl Process {
                     served,
                     db: None,
                     options,
+                    reloader: Some(reloader),
                 }
             }
             Roles::Catalog => {
@@ -177,6 +231,7 @@ impl Process {
                     served,
                     db: Some(db),
                     options,
+                    reloader: None,
                 }
             }
         };
@@ -184,7 +239,18 @@ impl Process {
     }
 
     /// Serves until `shutdown` is cancelled, lets in-flight requests finish, closes storage.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Each SIGHUP reloads the gateway's routes, upstreams and issuers.
+    pub async fn run(self, shutdown: CancellationToken, mut hangups: Hangups) {
+        let reloader = self.reloader;
+        tokio::spawn(async move {
+            loop {
+                hangups.recv().await;
+                match &reloader {
+                    Some(reloader) => reloader.reload(),
+                    None => tracing::info!("SIGHUP ignored: this role has nothing to reload"),
+                }
+            }
+        });
         let servers = self.served.into_iter().map(|served| {
             server::serve(
                 served.listener,
@@ -217,18 +283,19 @@ fn catalog_router(db: &Db) -> (Router, utoipa::openapi::OpenApi) {
 
 fn gateway_router(
     config: &Config,
+    source: &ConfigSource,
     local: BTreeMap<String, Router>,
     apis: Vec<utoipa::openapi::OpenApi>,
-) -> anyhow::Result<(Router, Arc<RouteTable>)> {
-    let table = Arc::new(routing_table(config, local)?);
-    let authenticator = Authenticator::new(
-        &config.gateway.auth.issuers,
-        config.auth.leeway,
-        JwksOptions::default(),
-    );
+) -> anyhow::Result<(Router, Reloader)> {
+    let client = logicore_gateway::http_client();
+    let live = LiveEdge::new(edge_config(config, local.clone(), client.clone())?);
+    let reloader = Reloader {
+        source: source.clone(),
+        local,
+        client,
+        live: live.clone(),
+    };
     let settings = GatewaySettings {
-        authenticator,
-        trusted_proxies: TrustedProxies::parse(&config.gateway.trusted_proxies),
         body_limit: config.gateway.body_limit.as_usize(),
         max_header_bytes: config.gateway.max_header_bytes.as_usize(),
         access_log: config.gateway.access_log,
@@ -239,8 +306,8 @@ fn gateway_router(
             .then(|| (&config.gateway.compression).into()),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
-    let router = logicore_gateway::gateway_router(Arc::clone(&table), openapi, settings);
-    Ok((router, table))
+    let router = logicore_gateway::gateway_router(live, openapi, settings);
+    Ok((router, reloader))
 }
 
 fn database_check(db: &Db) -> ReadinessCheck {

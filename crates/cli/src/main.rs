@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    match runtime.block_on(run(cli.command, config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "fatal");
@@ -60,9 +60,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config, source: ConfigSource) -> anyhow::Result<()> {
     if let Some(roles) = command.roles() {
-        return serve(config, roles).await;
+        return serve(config, source, roles).await;
     }
     match command {
         Command::Migrate { status } => migrate(config, status).await,
@@ -95,14 +95,15 @@ fn init_logging(config: &Config, roles: Option<Roles>) -> anyhow::Result<LogGuar
     })
 }
 
-async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
+async fn serve(config: Config, source: ConfigSource, roles: Roles) -> anyhow::Result<()> {
     let _log_guard = init_logging(&config, Some(roles))?;
     let shutdown = CancellationToken::new();
     lifecycle::cancel_on_signals(shutdown.clone()).context("failed to install signal handlers")?;
+    let hangups = lifecycle::Hangups::register().context("failed to install the SIGHUP handler")?;
     let metrics = telemetry::metrics::install()?;
     logicore_gateway::metrics::describe();
-    let process = assembly::Process::build(&config, roles, Some(metrics)).await?;
-    process.run(shutdown).await;
+    let process = assembly::Process::build(&config, &source, roles, Some(metrics)).await?;
+    process.run(shutdown, hangups).await;
     Ok(())
 }
 

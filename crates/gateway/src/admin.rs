@@ -17,7 +17,8 @@ use logicore_platform::http::{ErrorCode, Json, Problem, extract};
 use logicore_platform::telemetry::metrics::MetricsHandle;
 use serde_json::{Map, Value, json};
 
-use crate::routing::{Route, RouteTable, Upstream};
+use crate::live::LiveEdge;
+use crate::routing::{Route, Upstream};
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,7 +59,7 @@ impl ReadinessCheck {
 pub struct AdminState {
     checks: Arc<Vec<ReadinessCheck>>,
     metrics: Option<MetricsHandle>,
-    routes: Option<Arc<RouteTable>>,
+    edge: Option<LiveEdge>,
 }
 
 /// Returns the admin router: `/health`, `/ready`, `/metrics` (when a recorder is installed)
@@ -66,12 +67,12 @@ pub struct AdminState {
 pub fn admin_router(
     checks: Vec<ReadinessCheck>,
     metrics: Option<MetricsHandle>,
-    routes: Option<Arc<RouteTable>>,
+    edge: Option<LiveEdge>,
 ) -> Router {
     let state = AdminState {
         checks: Arc::new(checks),
         metrics,
-        routes,
+        edge,
     };
     Router::new()
         .route("/health", get(extract::health))
@@ -110,9 +111,11 @@ async fn render_metrics(State(state): State<AdminState>) -> Response {
 
 /// Lists every upstream service, how it is reached, its routes and its instances.
 async fn upstreams(State(state): State<AdminState>) -> Response {
-    let Some(routes) = &state.routes else {
+    let Some(edge) = &state.edge else {
         return Problem::new(ErrorCode::NotFound, "this process runs no gateway").into_response();
     };
+    let edge = edge.current();
+    let routes = &edge.table;
     let mut services: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
     for route in routes.routes() {
         let entry = services

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod compression;
 pub mod forward;
 pub mod hygiene;
+pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -24,16 +25,14 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use admin::{ReadinessCheck, admin_router};
 pub use forward::TrustedProxies;
+pub use live::{EdgeConfig, LiveEdge};
 pub use remote::http_client;
 pub use routing::{Route, RouteTable, RoutingError, Upstream, UpstreamResolver};
 
-/// Gateway settings taken from `[gateway]`.
+/// Gateway settings taken from `[gateway]` that hold until restart (the live part is in
+/// [`live::LiveEdge`]).
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
-    /// Verifies bearer tokens.
-    pub authenticator: auth::Authenticator,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: TrustedProxies,
     /// Largest request body accepted (413 above).
     pub body_limit: usize,
     /// Largest request header block accepted (431 above).
@@ -46,15 +45,13 @@ pub struct GatewaySettings {
 
 /// Returns the public router: `/health`, `/openapi.json`, `/docs`, and every routed prefix.
 pub fn gateway_router(
-    table: Arc<RouteTable>,
+    live: live::LiveEdge,
     openapi: utoipa::openapi::OpenApi,
     settings: GatewaySettings,
 ) -> Router {
     let state = proxy::ProxyState {
-        table,
+        live,
         body_limit: settings.body_limit,
-        trusted_proxies: Arc::new(settings.trusted_proxies),
-        authenticator: settings.authenticator,
     };
     let mut router = Router::new()
         .route("/health", get(logicore_platform::http::extract::health))

@@ -12,22 +12,18 @@ use tower::ServiceExt;
 
 use logicore_platform::http::request_context::{ClientAddr, RouteTemplate};
 
-use crate::auth::Authenticator;
-use crate::forward::{self, TrustedProxies};
-use crate::routing::{RouteTable, Upstream};
+use crate::forward;
+use crate::live::LiveEdge;
+use crate::routing::Upstream;
 use crate::{hygiene, policy};
 
 /// What the proxy handler needs; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
-    /// The routing table.
-    pub table: Arc<RouteTable>,
+    /// Routes, issuers and trusted proxies (replaced on reload).
+    pub live: LiveEdge,
     /// Largest request body accepted.
     pub body_limit: usize,
-    /// Peers whose forwarding headers are believed.
-    pub trusted_proxies: Arc<TrustedProxies>,
-    /// Verifies bearer tokens for route policies.
-    pub authenticator: Authenticator,
 }
 
 /// Middleware: refuses oversized header blocks and malformed paths before anything routes them.
@@ -48,7 +44,8 @@ pub async fn edge_checks(
 /// Routes one request to its upstream.
 pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
-    let Some(route) = state.table.find(parts.uri.path()) else {
+    let edge = state.live.current();
+    let Some(route) = edge.table.find(parts.uri.path()) else {
         return Problem::new(ErrorCode::NotFound, "no route matches this path").into_response();
     };
     if route
@@ -62,7 +59,7 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
         )
         .into_response();
     }
-    if let Err(refusal) = policy::enforce(&route.policy, &mut parts, &state.authenticator).await {
+    if let Err(refusal) = policy::enforce(&route.policy, &mut parts, &edge.authenticator).await {
         return refusal;
     }
     let body = match hygiene::limit_body(&parts, body, state.body_limit) {
@@ -71,7 +68,7 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
     };
     forward::strip_hop_by_hop(&mut parts.headers);
     if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
-        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &state.trusted_proxies);
+        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
     }
     let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     let request = Request::from_parts(parts, body);

@@ -54,3 +54,37 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// SIGHUP, the conventional "reload your configuration" signal.
+///
+/// Register it before binding, like [`cancel_on_signals`]: SIGHUP's default action ends the
+/// process.
+#[derive(Debug)]
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    /// Registers the SIGHUP handler.
+    pub fn register() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Hangups {
+                signal: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Hangups {})
+    }
+
+    /// Waits for the next SIGHUP (forever where there is none).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.signal.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}

@@ -448,3 +448,95 @@ async fn route_policies_answer_401_and_403_and_pass_the_verified_identity() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_under_load_and_keeps_the_old_config_when_the_file_is_bad() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let upstream = start_upstream(Arc::new(Notify::new())).await;
+    let (setup, platform) = gateway_in_front_of(upstream, "");
+    let config_path = setup.config_file.clone().expect("config file");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+
+    // Keep-alive load for the whole reload sequence; every answer must be a 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (client, url, running) = (
+        platform.client.clone(),
+        platform.url("/echo/load"),
+        Arc::clone(&stop),
+    );
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failures) = (0u32, Vec::new());
+        while !running.load(Ordering::SeqCst) && ok < 200_000 {
+            match client.get(&url).send().await {
+                Ok(reply) if reply.status() == StatusCode::OK => ok += 1,
+                Ok(reply) => failures.push(reply.status().to_string()),
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        (ok, failures)
+    });
+
+    let extra = platform
+        .client
+        .get(platform.url("/extra/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(extra.status(), StatusCode::NOT_FOUND);
+    let added =
+        format!("{original}\n[[gateway.routes]]\nprefix = \"/extra\"\nservice = \"upstream\"\n");
+    std::fs::write(&config_path, added).unwrap();
+    platform.signal("HUP");
+    let reloaded = platform.wait_for_message("config reloaded");
+    assert!(reloaded["routes"].as_u64().unwrap() >= 6, "{reloaded}");
+    let extra = platform
+        .client
+        .get(platform.url("/extra/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        extra.status(),
+        StatusCode::NOT_FOUND,
+        "the upstream's own 404: routed now"
+    );
+    let problem = extra
+        .headers()
+        .get("content-type")
+        .is_some_and(|value| value == "application/problem+json");
+    assert!(
+        !problem,
+        "answered by the upstream, not by the gateway's route miss"
+    );
+
+    std::fs::write(&config_path, "[gateway]\nlisten_typo = 1\n").unwrap();
+    platform.signal("HUP");
+    let refused = platform.wait_for_message("config reload refused; the previous config stays");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("gateway.listen_typo"),
+        "{refused}"
+    );
+    let still = platform
+        .client
+        .get(platform.url("/echo/still"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        still.status(),
+        StatusCode::OK,
+        "the previous config stays in force"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failures) = load.await.unwrap();
+    assert!(ok > 0, "the load ran");
+    assert!(
+        failures.is_empty(),
+        "requests failed during reloads: {failures:?}"
+    );
+}
