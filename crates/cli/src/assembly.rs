@@ -298,6 +298,7 @@ fn gateway_router(
     let settings = GatewaySettings {
         body_limit: config.gateway.body_limit.as_usize(),
         max_header_bytes: config.gateway.max_header_bytes.as_usize(),
+        body_read_timeout: config.gateway.body_read_timeout,
         access_log: config.gateway.access_log,
         compression: config
             .gateway

@@ -15,6 +15,7 @@ pub mod policy;
 pub mod proxy;
 pub mod remote;
 pub mod routing;
+pub mod slow_body;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct GatewaySettings {
     pub body_limit: usize,
     /// Largest request header block accepted (431 above).
     pub max_header_bytes: usize,
+    /// Time a client has to send its whole request body (408 after).
+    pub body_read_timeout: std::time::Duration,
     /// Log one event per request.
     pub access_log: bool,
     /// Response compression; `None` when `gateway.compression.enabled = false`.
@@ -52,6 +55,7 @@ pub fn gateway_router(
     let state = proxy::ProxyState {
         live,
         body_limit: settings.body_limit,
+        body_read_timeout: settings.body_read_timeout,
     };
     let mut router = Router::new()
         .route("/health", get(logicore_platform::http::extract::health))

@@ -15,7 +15,7 @@ use logicore_platform::http::request_context::{ClientAddr, RouteTemplate};
 use crate::forward;
 use crate::live::LiveEdge;
 use crate::routing::Upstream;
-use crate::{hygiene, policy};
+use crate::{hygiene, policy, slow_body};
 
 /// What the proxy handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct ProxyState {
     pub live: LiveEdge,
     /// Largest request body accepted.
     pub body_limit: usize,
+    /// Time a client has to send its whole body.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// Middleware: refuses oversized header blocks and malformed paths before anything routes them.
@@ -66,6 +68,7 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
         Ok(body) => body,
         Err(problem) => return problem.into_response(),
     };
+    let (body, body_timed_out) = slow_body::with_deadline(body, state.body_read_timeout);
     forward::strip_hop_by_hop(&mut parts.headers);
     if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
         forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
@@ -85,6 +88,17 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
         }
         Upstream::Remote(pool) => pool.forward(request, route.timeout).await,
     };
+    if body_timed_out.happened() {
+        let mut refused = Problem::new(
+            ErrorCode::RequestTimeout,
+            "the request body did not arrive in time",
+        )
+        .into_response();
+        refused
+            .headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        return refused;
+    }
     if response.extensions().get::<RouteTemplate>().is_none() {
         response
             .extensions_mut()

@@ -452,3 +452,47 @@ async fn metrics_are_exposed_with_route_templates_and_pass_promtool() {
     assert_eq!(upstreams["upstreams"][0]["service"], "catalog");
     assert_eq!(upstreams["upstreams"][0]["kind"], "local");
 }
+
+/// Slow clients are cut off: a body that does not arrive in time gets 408 and the connection
+/// closes; headers that do not arrive in time get the connection closed.
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let setup = Setup::new(Database::Sqlite)
+        .env("LOGICORE_GATEWAY__BODY_READ_TIMEOUT", "1s")
+        .env("LOGICORE_GATEWAY__HEADER_READ_TIMEOUT", "1s");
+    let platform = setup.start();
+    let deadline = std::time::Duration::from_secs(20);
+
+    let mut trickle = tokio::net::TcpStream::connect(platform.addr("gateway"))
+        .await
+        .unwrap();
+    let head = "POST /api/v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sku\":";
+    trickle.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(deadline, trickle.read_to_end(&mut reply))
+        .await
+        .expect("the gateway answers instead of waiting for ever")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("/problems/request-timeout"), "{reply}");
+
+    let mut stalled = tokio::net::TcpStream::connect(platform.addr("gateway"))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /api/v1/products HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(deadline, stalled.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "a client that never finishes its headers is disconnected"
+    );
+
+    let (status, _) = platform.get_json("/api/v1/products").await;
+    assert_eq!(status, StatusCode::OK, "normal clients are unaffected");
+}

@@ -216,6 +216,14 @@ fn validate_gateway(gateway: &GatewayConfig) -> Result<(), ConfigError> {
             "must be an http(s):// URL",
         ));
     }
+    for (key, timeout) in [
+        ("gateway.header_read_timeout", gateway.header_read_timeout),
+        ("gateway.body_read_timeout", gateway.body_read_timeout),
+    ] {
+        if timeout.is_zero() {
+            return Err(ConfigError::new(key, "must be greater than 0"));
+        }
+    }
     if gateway.body_limit.0 == 0 {
         return Err(ConfigError::new(
             "gateway.body_limit",

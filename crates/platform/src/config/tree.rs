@@ -110,6 +110,9 @@ pub struct GatewayConfig {
     /// Time a client has to send its request headers.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// Time a client has to send its whole request body (408 after).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
     /// CIDRs whose forwarding headers are believed.
     pub trusted_proxies: Vec<String>,
     /// Response compression.
@@ -138,6 +141,7 @@ impl Default for GatewayConfig {
             body_limit: ByteSize(1 << 20),
             max_header_bytes: ByteSize(16 << 10),
             header_read_timeout: secs(10),
+            body_read_timeout: secs(30),
             trusted_proxies: Vec::new(),
             compression: CompressionConfig::default(),
             access_log: true,

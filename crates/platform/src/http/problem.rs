@@ -20,6 +20,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 413: the body is over the limit.
     PayloadTooLarge,
+    /// 408: the client did not send its request in time.
+    RequestTimeout,
     /// 404: no such resource (or route).
     NotFound,
     /// 405: the route exists but not for this method.
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Validation | ErrorCode::MalformedBody => StatusCode::BAD_REQUEST,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::MalformedBody => "malformed-body",
             ErrorCode::UnsupportedMediaType => "unsupported-media-type",
             ErrorCode::PayloadTooLarge => "payload-too-large",
+            ErrorCode::RequestTimeout => "request-timeout",
             ErrorCode::NotFound => "not-found",
             ErrorCode::MethodNotAllowed => "method-not-allowed",
             ErrorCode::Conflict => "conflict",
@@ -98,6 +102,7 @@ impl ErrorCode {
             ErrorCode::MalformedBody => "Malformed request",
             ErrorCode::UnsupportedMediaType => "Unsupported media type",
             ErrorCode::PayloadTooLarge => "Payload too large",
+            ErrorCode::RequestTimeout => "Request timeout",
             ErrorCode::NotFound => "Not found",
             ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::Conflict => "Conflict",
