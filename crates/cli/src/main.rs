@@ -17,6 +17,11 @@ use tokio_util::sync::CancellationToken;
 use crate::assembly::Roles;
 use crate::cli::{Cli, Command, ConfigAction};
 
+/// mimalloc keeps freed large blocks for reuse; glibc's malloc maps and unmaps every block
+/// over 128 KiB, which made each compressed response pay for fresh zeroed pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for configuration and usage errors (clap uses it too).
 const EXIT_CONFIG: u8 = 2;
 
@@ -40,10 +45,7 @@ fn main() -> ExitCode {
         eprintln!("logicore: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("logicore: failed to start the async runtime: {err}");
@@ -57,6 +59,17 @@ fn main() -> ExitCode {
             eprintln!("logicore: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A multi-threaded runtime, or a single-threaded one when `TOKIO_WORKER_THREADS=1` asks for
+/// one worker (one core: no work-stealing or cross-thread wake-ups to pay for).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|value| value.trim() == "1");
+    if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     }
 }
 
