@@ -46,10 +46,11 @@ pub struct LogSettings {
     pub default_service: &'static str,
 }
 
-/// Keeps the file writer flushing; drop it last, at exit.
+/// Keeps the writers flushing; drop it last, at exit.
 #[derive(Debug)]
 pub struct LogGuard {
-    _writer: Option<WorkerGuard>,
+    _file: Option<WorkerGuard>,
+    _stdout: WorkerGuard,
 }
 
 /// Installs the global subscriber. Call once, early in `main`.
@@ -71,19 +72,24 @@ pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
+    // Lines are written by a background thread, so a request never waits on a write syscall.
+    let (stdout, stdout_guard) = tracing_appender::non_blocking(std::io::stdout());
     let registry = tracing_subscriber::registry().with(filter).with(file_layer);
     if json_stdout {
         let stdout_layer = tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson::new(settings.default_service))
-            .with_writer(std::io::stdout);
+            .with_writer(stdout);
         registry.with(stdout_layer).try_init()
     } else {
-        let stdout_layer = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+        let stdout_layer = tracing_subscriber::fmt::layer().with_writer(stdout);
         registry.with(stdout_layer).try_init()
     }
     .context("a logger is already installed")?;
-    Ok(LogGuard { _writer: guard })
+    Ok(LogGuard {
+        _file: guard,
+        _stdout: stdout_guard,
+    })
 }
 
 fn file_writer(
