@@ -15,7 +15,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/logicore-target}"
 for tool in nginx wrk perf node; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx wrk linux-perf)"; exit 1; }
 done
-(cd "$root" && cargo build --release --locked -p logicore)
+[ -n "${LOGICORE_BIN:-}" ] || (cd "$root" && cargo build --release --locked -p logicore)
 
 run="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$run"' EXIT
@@ -29,10 +29,10 @@ sleep 0.5
 
 export BENCH_SCENARIO="$scenario" GW_AUTH=1 UPSTREAM_URL=http://127.0.0.1:9101 BENCH_RUN_DIR="$run"
 export JWT_SECRET=profile-secret CANDIDATE_URL=http://127.0.0.1:18080
-export LOGICORE_BIN="$CARGO_TARGET_DIR/release/logicore"
+export LOGICORE_BIN="${LOGICORE_BIN:-$CARGO_TARGET_DIR/release/logicore}"
 taskset -c 0 "$here/start-candidate.sh" &
 for _ in $(seq 50); do curl -fs "$CANDIDATE_URL/health" >/dev/null && break; sleep 0.2; done
-pid="$(pgrep -f "logicore --config $run/logicore-$scenario" | head -1)"
+pid="$(pgrep -f -- "--config $run/logicore-$scenario" | head -1)"
 
 wrk_env=()
 if [ "$scenario" = "S2" ]; then

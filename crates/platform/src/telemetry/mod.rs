@@ -19,6 +19,7 @@ use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -56,14 +57,10 @@ pub struct LogGuard {
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(&settings.level).context("invalid log.level")?;
-    let (file_layer, guard) = match &settings.dir {
+    let (file, file_guard) = match &settings.dir {
         Some(dir) => {
             let (writer, guard) = file_writer(dir, settings)?;
-            let layer = tracing_subscriber::fmt::layer()
-                .fmt_fields(JsonFields::new())
-                .event_format(FlatJson::new(settings.default_service))
-                .with_writer(writer);
-            (Some(layer), Some(guard))
+            (Some(writer), Some(guard))
         }
         None => (None, None),
     };
@@ -74,20 +71,26 @@ pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
     };
     // Lines are written by a background thread, so a request never waits on a write syscall.
     let (stdout, stdout_guard) = tracing_appender::non_blocking(std::io::stdout());
-    let registry = tracing_subscriber::registry().with(filter).with(file_layer);
-    if json_stdout {
-        let stdout_layer = tracing_subscriber::fmt::layer()
+    let registry = tracing_subscriber::registry().with(filter);
+    let json_layer = || {
+        tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson::new(settings.default_service))
-            .with_writer(stdout);
-        registry.with(stdout_layer).try_init()
-    } else {
-        let stdout_layer = tracing_subscriber::fmt::layer().with_writer(stdout);
-        registry.with(stdout_layer).try_init()
-    }
-    .context("a logger is already installed")?;
+    };
+    let installed = match (json_stdout, file) {
+        // The same JSON line goes to both: format it once.
+        (true, Some(file)) => registry
+            .with(json_layer().with_writer(stdout.and(file)))
+            .try_init(),
+        (true, None) => registry.with(json_layer().with_writer(stdout)).try_init(),
+        (false, file) => registry
+            .with(file.map(|file| json_layer().with_writer(file)))
+            .with(tracing_subscriber::fmt::layer().with_writer(stdout))
+            .try_init(),
+    };
+    installed.context("a logger is already installed")?;
     Ok(LogGuard {
-        _file: guard,
+        _file: file_guard,
         _stdout: stdout_guard,
     })
 }
