@@ -175,17 +175,12 @@ impl Process {
                 let catalog = catalog.layer(DefaultBodyLimit::disable());
                 let mut local = BTreeMap::new();
                 local.insert(logicore_catalog::SERVICE_NAME.to_owned(), catalog);
-                let (gateway, reloader) = gateway_router(config, source, local, vec![catalog_api])?;
-                let admin = logicore_gateway::admin_router(
-                    vec![database_check(&db)],
-                    metrics,
-                    Some(reloader.live.clone()),
-                );
-                let served = vec![
-                    bind("gateway", config.gateway.listen, gateway).await?,
-                    bind("admin", config.admin.listen, admin).await?,
-                ];
-                log_public_url(config, &served[0])?;
+                let edge = Edge {
+                    local,
+                    apis: vec![catalog_api],
+                    checks: vec![database_check(&db)],
+                };
+                let (served, reloader) = bind_gateway(config, source, edge, metrics).await?;
                 Process {
                     served,
                     db: Some(db),
@@ -194,18 +189,12 @@ impl Process {
                 }
             }
             Roles::Gateway => {
-                let (gateway, reloader) =
-                    gateway_router(config, source, BTreeMap::new(), Vec::new())?;
-                let admin = logicore_gateway::admin_router(
-                    Vec::new(),
-                    metrics,
-                    Some(reloader.live.clone()),
-                );
-                let served = vec![
-                    bind("gateway", config.gateway.listen, gateway).await?,
-                    bind("admin", config.admin.listen, admin).await?,
-                ];
-                log_public_url(config, &served[0])?;
+                let edge = Edge {
+                    local: BTreeMap::new(),
+                    apis: Vec::new(),
+                    checks: Vec::new(),
+                };
+                let (served, reloader) = bind_gateway(config, source, edge, metrics).await?;
                 Process {
                     served,
                     db: None,
@@ -265,6 +254,31 @@ impl Process {
         }
         tracing::info!("stopped");
     }
+}
+
+/// What a gateway fronts in this process: local services, their API descriptions, and the
+/// readiness checks of its admin listener.
+struct Edge {
+    local: BTreeMap<String, Router>,
+    apis: Vec<utoipa::openapi::OpenApi>,
+    checks: Vec<ReadinessCheck>,
+}
+
+/// Builds and binds the gateway and admin listeners.
+async fn bind_gateway(
+    config: &Config,
+    source: &ConfigSource,
+    edge: Edge,
+    metrics: Option<MetricsHandle>,
+) -> anyhow::Result<(Vec<Served>, Reloader)> {
+    let (gateway, reloader) = gateway_router(config, source, edge.local, edge.apis)?;
+    let admin = logicore_gateway::admin_router(edge.checks, metrics, Some(reloader.live.clone()));
+    let served = vec![
+        bind("gateway", config.gateway.listen, gateway).await?,
+        bind("admin", config.admin.listen, admin).await?,
+    ];
+    log_public_url(config, &served[0])?;
+    Ok((served, reloader))
 }
 
 async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
