@@ -42,9 +42,9 @@ fi
 env "${wrk_env[@]}" taskset -c 1 wrk -t1 -c32 -d"$((seconds + 2))s" -s "$shared/lib/wrk-bench.lua" \
   "$CANDIDATE_URL/api/v1/products" > "$run/wrk.txt" &
 sleep 1
-perf record -e cpu-clock -F 2000 -p "$pid" -o "$run/perf.data" -- sleep "$seconds" 2>/dev/null
+perf record ${PERF_CALLGRAPH:+--call-graph dwarf} -e cpu-clock -F 2000 -p "$pid" -o "$run/perf.data" -- sleep "$seconds" 2>/dev/null
 echo "gateway RSS under load: $(grep VmRSS "/proc/$pid/status" | awk '{print $2, $3}')"
 wait %3 2>/dev/null || true
 grep -E "Requests/sec|Latency" "$run/wrk.txt" || true
-perf report -i "$run/perf.data" --no-children --sort "${PERF_SORT:-symbol}" --stdio 2>/dev/null \
-  | grep -v "^#" | grep -v "^$" | cut -c1-150 | head -45
+perf report -i "$run/perf.data" ${PERF_CALLGRAPH:+-G} --no-children --sort "${PERF_SORT:-symbol}" --stdio 2>/dev/null \
+  | grep -v "^#" | grep -v "^$" | cut -c1-150 | head -"${PERF_LINES:-45}"

@@ -15,7 +15,7 @@ use logicore_catalog::CatalogService;
 use logicore_gateway::auth::{Authenticator, JwksOptions};
 use logicore_gateway::remote::HttpClient;
 use logicore_gateway::{
-    EdgeConfig, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable, RoutingError,
+    EdgeConfig, Gateway, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable, RoutingError,
     TrustedProxies, UpstreamResolver,
 };
 use logicore_platform::config::{self, Config, ConfigSource};
@@ -23,7 +23,7 @@ use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
 use logicore_platform::http::extract;
 use logicore_platform::http::request_context::{AccessLog, request_context};
-use logicore_platform::http::server::{self, ServerOptions};
+use logicore_platform::http::server::{self, ListenerService, ServerOptions, router_service};
 use logicore_platform::lifecycle::Hangups;
 use logicore_platform::telemetry::metrics::MetricsHandle;
 use tokio::net::TcpListener;
@@ -142,7 +142,7 @@ impl Reloader {
 #[derive(Debug)]
 struct Served {
     listener: TcpListener,
-    router: Router,
+    service: ListenerService,
 }
 
 /// A process with its listeners bound, ready to serve.
@@ -215,7 +215,14 @@ impl Process {
                         },
                         request_context,
                     ));
-                let served = vec![bind("catalog", config.services.catalog.listen, catalog).await?];
+                let served = vec![
+                    bind(
+                        "catalog",
+                        config.services.catalog.listen,
+                        router_service(catalog),
+                    )
+                    .await?,
+                ];
                 Process {
                     served,
                     db: Some(db),
@@ -243,7 +250,7 @@ impl Process {
         let servers = self.served.into_iter().map(|served| {
             server::serve(
                 served.listener,
-                served.router,
+                served.service,
                 self.options,
                 shutdown.clone(),
             )
@@ -274,8 +281,13 @@ async fn bind_gateway(
     let (gateway, reloader) = gateway_router(config, source, edge.local, edge.apis)?;
     let admin = logicore_gateway::admin_router(edge.checks, metrics, Some(reloader.live.clone()));
     let served = vec![
-        bind("gateway", config.gateway.listen, gateway).await?,
-        bind("admin", config.admin.listen, admin).await?,
+        bind(
+            "gateway",
+            config.gateway.listen,
+            ListenerService::new(gateway),
+        )
+        .await?,
+        bind("admin", config.admin.listen, router_service(admin)).await?,
     ];
     log_public_url(config, &served[0])?;
     Ok((served, reloader))
@@ -300,7 +312,7 @@ fn gateway_router(
     source: &ConfigSource,
     local: BTreeMap<String, Router>,
     apis: Vec<utoipa::openapi::OpenApi>,
-) -> anyhow::Result<(Router, Reloader)> {
+) -> anyhow::Result<(Gateway, Reloader)> {
     let client = logicore_gateway::http_client();
     let live = LiveEdge::new(edge_config(config, local.clone(), client.clone())?);
     let reloader = Reloader {
@@ -321,8 +333,7 @@ fn gateway_router(
             .then(|| (&config.gateway.compression).into()),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
-    let router = logicore_gateway::gateway_router(live, openapi, settings);
-    Ok((router, reloader))
+    Ok((Gateway::new(live, openapi, settings), reloader))
 }
 
 fn database_check(db: &Db) -> ReadinessCheck {
@@ -344,9 +355,13 @@ fn log_public_url(config: &Config, gateway: &Served) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(role: &'static str, addr: SocketAddr, router: Router) -> anyhow::Result<Served> {
+async fn bind(
+    role: &'static str,
+    addr: SocketAddr,
+    service: ListenerService,
+) -> anyhow::Result<Served> {
     let listener = server::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(role, addr = %bound, "listening");
-    Ok(Served { listener, router })
+    Ok(Served { listener, service })
 }

@@ -119,7 +119,7 @@ async fn upstreams(State(state): State<AdminState>) -> Response {
     let mut services: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
     for route in routes.routes() {
         let entry = services
-            .entry(route.service.clone())
+            .entry(route.service.to_string())
             .or_insert_with(|| describe_upstream(route));
         if let Some(prefixes) = entry["routes"].as_array_mut() {
             prefixes.push(json!(route.prefix));

@@ -6,18 +6,16 @@
 //! differ from the identity representation; `Vary: Accept-Encoding` is set on every response
 //! whose representation depends on the header.
 
-use std::sync::Arc;
-
 use async_compression::Level;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use logicore_platform::config::{CompressionAlgorithm, CompressionConfig};
+use logicore_platform::http::{ErrorCode, Problem};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 /// A content coding the gateway may answer with.
@@ -144,15 +142,33 @@ fn parse_qvalue(text: &str) -> Option<u16> {
         .then(|| (value * 1000.0).round() as u16)
 }
 
-/// Middleware: compresses eligible responses.
-pub async fn compress(
-    State(settings): State<Arc<CompressionSettings>>,
-    request: Request,
-    next: Next,
+/// What the request decided about compressing its response.
+#[derive(Debug, Clone, Copy)]
+pub struct Negotiated {
+    coding: Coding,
+    is_head: bool,
+}
+
+impl CompressionSettings {
+    /// Reads the request's wishes (call before the request is handed on).
+    pub fn negotiate(&self, request: &http::request::Parts) -> Negotiated {
+        Negotiated {
+            coding: negotiate(&request.headers, &self.offered),
+            is_head: request.method == Method::HEAD,
+        }
+    }
+
+    /// Compresses `response` when it is eligible and the request accepted a coding.
+    pub async fn apply(&self, negotiated: Negotiated, response: Response) -> Response {
+        compress_response(self, negotiated, response).await
+    }
+}
+
+async fn compress_response(
+    settings: &CompressionSettings,
+    Negotiated { coding, is_head }: Negotiated,
+    response: Response,
 ) -> Response {
-    let coding = negotiate(request.headers(), &settings.offered);
-    let is_head = request.method() == Method::HEAD;
-    let response = next.run(request).await;
     if !is_compressible(&response, settings.min_size) {
         return response;
     }
@@ -161,14 +177,98 @@ pub async fn compress(
     if coding == Coding::Identity || is_head {
         return Response::from_parts(parts, body);
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::ACCEPT_RANGES);
     parts.headers.insert(
         header::CONTENT_ENCODING,
         HeaderValue::from_static(coding.token()),
     );
     weaken_etag(&mut parts.headers);
-    Response::from_parts(parts, encode(body, coding, &settings))
+    let small = content_length(&parts.headers).is_some_and(|length| length <= ONE_SHOT_LIMIT);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if coding == Coding::Gzip && small {
+        // Small, complete bodies (the common API response) are compressed in one call with a
+        // compressor reused by the thread, instead of allocating a deflate state per response.
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return Problem::new(
+                    ErrorCode::BadGateway,
+                    format!("the upstream response body failed: {error}"),
+                )
+                .into_response();
+            }
+        };
+        if let Some(compressed) = gzip_one_shot(&bytes, settings.gzip_level) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(compressed.len()));
+            return Response::from_parts(parts, Body::from(compressed));
+        }
+        return Response::from_parts(parts, encode(Body::from(bytes), coding, settings));
+    }
+    Response::from_parts(parts, encode(body, coding, settings))
+}
+
+/// Bodies up to this many bytes (by `Content-Length`) are gzipped in one call.
+const ONE_SHOT_LIMIT: u64 = 64 * 1024;
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok())
+}
+
+thread_local! {
+    /// The raw-deflate compressor of this thread and its level; reset before each use.
+    static DEFLATE: std::cell::RefCell<Option<(i32, flate2::Compress)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// gzip (RFC 1952) of a complete body: header, raw deflate from the thread's compressor,
+/// CRC-32 and length trailer. `None` if the compressor fails (the caller then streams).
+fn gzip_one_shot(input: &[u8], level: i32) -> Option<Vec<u8>> {
+    const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut output = Vec::with_capacity(input.len() / 2 + 64);
+    output.extend_from_slice(&HEADER);
+    let finished = DEFLATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compress = match &mut *slot {
+            Some((current, compress)) if *current == level => {
+                compress.reset();
+                compress
+            }
+            other => {
+                let clamped = u32::try_from(level.clamp(0, 9)).unwrap_or(1);
+                let fresh = flate2::Compress::new(flate2::Compression::new(clamped), false);
+                &mut other.insert((level, fresh)).1
+            }
+        };
+        loop {
+            let consumed = usize::try_from(compress.total_in()).unwrap_or(usize::MAX);
+            let rest = input.get(consumed..).unwrap_or_default();
+            if output.capacity() - output.len() < 64 {
+                output.reserve(output.capacity().max(1024));
+            }
+            match compress.compress_vec(rest, &mut output, flate2::FlushCompress::Finish) {
+                Ok(flate2::Status::StreamEnd) => return true,
+                Ok(_) => {}
+                Err(_) => {
+                    // A failed stream is left mid-way; start the next use afresh.
+                    *slot = None;
+                    return false;
+                }
+            }
+        }
+    });
+    if !finished {
+        return None;
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    output.extend_from_slice(&crc.sum().to_le_bytes());
+    output.extend_from_slice(&crc.amount().to_le_bytes());
+    Some(output)
 }
 
 /// Returns true for a response worth compressing (before looking at the client's wishes).
@@ -194,11 +294,7 @@ fn is_compressible(response: &Response, min_size: u64) -> bool {
     if no_transform {
         return false;
     }
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
-    if length.is_some_and(|length| length < min_size) {
+    if content_length(headers).is_some_and(|length| length < min_size) {
         return false;
     }
     headers
@@ -262,7 +358,10 @@ fn weaken_etag(headers: &mut HeaderMap) {
 }
 
 fn encode(body: Body, coding: Coding, settings: &CompressionSettings) -> Body {
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let reader = StreamReader::new(TryStreamExt::map_err(
+        body.into_data_stream(),
+        std::io::Error::other,
+    ));
     match coding {
         Coding::Gzip => {
             let encoder = GzipEncoder::with_quality(reader, Level::Precise(settings.gzip_level));
@@ -331,6 +430,27 @@ mod tests {
             Coding::Gzip,
             "only offered codings"
         );
+    }
+
+    #[test]
+    fn one_shot_gzip_round_trips_and_reuses_its_compressor() {
+        use std::io::Read;
+        for input in [&b""[..], b"{}", &br#"{"items":[1,2,3]}"#.repeat(500)] {
+            for _ in 0..2 {
+                let compressed = gzip_one_shot(input, 1).unwrap();
+                let mut decoded = Vec::new();
+                flate2::read::GzDecoder::new(&compressed[..])
+                    .read_to_end(&mut decoded)
+                    .unwrap();
+                assert_eq!(decoded, input);
+            }
+        }
+        let other_level = gzip_one_shot(b"level nine", 9).unwrap();
+        let mut decoded = String::new();
+        flate2::read::GzDecoder::new(&other_level[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, "level nine");
     }
 
     #[test]

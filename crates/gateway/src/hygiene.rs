@@ -24,7 +24,17 @@ pub fn limit_body(parts: &Parts, body: Body, limit: usize) -> Result<Body, Probl
 /// Refuses a header block larger than `limit` bytes (431), counted as on the wire:
 /// the request line plus `name: value\r\n` for each header.
 pub fn check_header_size(parts: &Parts, limit: usize) -> Result<(), Problem> {
-    let request_line = parts.method.as_str().len() + parts.uri.to_string().len() + 12;
+    // As the client sent it: origin form (path and query) or absolute form.
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(1, |target| target.as_str().len())
+        + parts.uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)
+        + parts
+            .uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len());
+    let request_line = parts.method.as_str().len() + target + 12;
     let headers: usize = parts
         .headers
         .iter()

@@ -20,8 +20,11 @@ pub mod slow_body;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use logicore_platform::http::request_context::{AccessLog, request_context, tag_route_template};
+use logicore_platform::http::request_context::{AccessLog, in_request_context, tag_route_template};
+use tower::ServiceExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use admin::{ReadinessCheck, admin_router};
@@ -46,41 +49,113 @@ pub struct GatewaySettings {
     pub compression: Option<compression::CompressionSettings>,
 }
 
-/// Returns the public router: `/health`, `/openapi.json`, `/docs`, and every routed prefix.
-pub fn gateway_router(
-    live: live::LiveEdge,
-    openapi: utoipa::openapi::OpenApi,
-    settings: GatewaySettings,
-) -> Router {
-    let state = proxy::ProxyState {
-        live,
-        body_limit: settings.body_limit,
-        body_read_timeout: settings.body_read_timeout,
-    };
-    let mut router = Router::new()
-        .route("/health", get(logicore_platform::http::extract::health))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
-        .route_layer(axum::middleware::from_fn(tag_route_template))
-        .fallback(proxy::proxy)
-        .with_state(state);
-    if let Some(compression) = settings.compression {
-        router = router.layer(axum::middleware::from_fn_with_state(
-            Arc::new(compression),
-            compression::compress,
-        ));
+/// The public listener's service: `/health`, `/openapi.json`, `/docs`, and every routed
+/// prefix; cheap to clone.
+///
+/// One function runs the whole edge path (request context, hygiene, compression
+/// negotiation, routing, the upstream call) instead of a stack of middleware layers, each of
+/// which would clone its inner service and box its future on every request.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<GatewayInner>,
+}
+
+struct GatewayInner {
+    proxy: proxy::ProxyState,
+    /// Answers the gateway's own paths.
+    own: Router,
+    max_header_bytes: usize,
+    access_log: AccessLog,
+    compression: Option<compression::CompressionSettings>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Gateway").finish_non_exhaustive()
     }
-    router
-        .layer(axum::middleware::from_fn_with_state(
-            settings.max_header_bytes,
-            proxy::edge_checks,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            AccessLog {
-                service: "gateway",
-                enabled: settings.access_log,
-            },
-            request_context,
-        ))
+}
+
+impl Gateway {
+    /// Builds the gateway over the live edge rules.
+    pub fn new(
+        live: live::LiveEdge,
+        openapi: utoipa::openapi::OpenApi,
+        settings: GatewaySettings,
+    ) -> Self {
+        let own = Router::new()
+            .route("/health", get(logicore_platform::http::extract::health))
+            .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+            .route_layer(axum::middleware::from_fn(tag_route_template));
+        Gateway {
+            inner: Arc::new(GatewayInner {
+                proxy: proxy::ProxyState {
+                    live,
+                    body_limit: settings.body_limit,
+                    body_read_timeout: settings.body_read_timeout,
+                },
+                own,
+                max_header_bytes: settings.max_header_bytes,
+                access_log: AccessLog {
+                    service: "gateway",
+                    enabled: settings.access_log,
+                },
+                compression: settings.compression,
+            }),
+        }
+    }
+
+    /// Handles one request.
+    pub async fn handle(&self, request: Request) -> Response {
+        let inner = &*self.inner;
+        in_request_context(inner.access_log, request, |request| async move {
+            let (parts, body) = request.into_parts();
+            if let Err(problem) = proxy::edge_checks(&parts, inner.max_header_bytes) {
+                return problem.into_response();
+            }
+            let negotiated = inner
+                .compression
+                .as_ref()
+                .map(|settings| settings.negotiate(&parts));
+            let own = is_own_path(parts.uri.path());
+            let request = Request::from_parts(parts, body);
+            let response = if own {
+                match inner.own.clone().oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            } else {
+                proxy::proxy(&inner.proxy, request).await
+            };
+            match (&inner.compression, negotiated) {
+                (Some(settings), Some(negotiated)) => settings.apply(negotiated, response).await,
+                _ => response,
+            }
+        })
+        .await
+    }
+}
+
+/// The paths the gateway answers itself rather than routing.
+fn is_own_path(path: &str) -> bool {
+    matches!(path, "/health" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+}
+
+impl tower::Service<Request> for Gateway {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let gateway = self.clone();
+        Box::pin(async move { Ok(gateway.handle(request).await) })
+    }
 }
 
 /// Returns the platform's OpenAPI description: the services' paths under one document.

@@ -14,6 +14,7 @@ use http::request::Parts;
 use http::{HeaderValue, header};
 use logicore_platform::config::RouteAuth;
 use logicore_platform::http::{ErrorCode, Problem};
+use logicore_platform::telemetry::metrics::HandleCache;
 
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::routing::RoutePolicy;
@@ -42,7 +43,7 @@ pub async fn enforce(
         }
         return Ok(None);
     };
-    let principal = match authenticator.verify(&token).await {
+    let principal = match authenticator.verify(token).await {
         Ok(principal) => principal,
         Err(err) => {
             record(
@@ -78,16 +79,27 @@ pub async fn enforce(
     Ok(Some(principal))
 }
 
-fn record(issuer: &str, outcome: &'static str) {
-    metrics::counter!(AUTH_OUTCOMES, "issuer" => issuer.to_owned(), "outcome" => outcome)
-        .increment(1);
+thread_local! {
+    static AUTH_COUNTERS: HandleCache<(String, &'static str), metrics::Counter> = HandleCache::new();
 }
 
-fn bearer_token(parts: &Parts) -> Option<String> {
+fn record(issuer: &str, outcome: &'static str) {
+    AUTH_COUNTERS.with(|cache| {
+        cache.with(
+            (issuer.to_owned(), outcome),
+            |(issuer, outcome)| {
+                metrics::counter!(AUTH_OUTCOMES, "issuer" => issuer.clone(), "outcome" => *outcome)
+            },
+            |counter| counter.increment(1),
+        );
+    });
+}
+
+fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3).

@@ -3,8 +3,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::{Method, header};
 use logicore_platform::http::{ErrorCode, Problem};
@@ -28,23 +27,14 @@ pub struct ProxyState {
     pub body_read_timeout: std::time::Duration,
 }
 
-/// Middleware: refuses oversized header blocks and malformed paths before anything routes them.
-pub async fn edge_checks(
-    State(max_header_bytes): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    let checked = hygiene::check_header_size(&parts, max_header_bytes)
-        .and_then(|()| hygiene::check_path(parts.uri.path()));
-    match checked {
-        Ok(()) => next.run(Request::from_parts(parts, body)).await,
-        Err(problem) => problem.into_response(),
-    }
+/// Refuses oversized header blocks and malformed paths before anything routes them.
+pub fn edge_checks(parts: &http::request::Parts, max_header_bytes: usize) -> Result<(), Problem> {
+    hygiene::check_header_size(parts, max_header_bytes)?;
+    hygiene::check_path(parts.uri.path())
 }
 
 /// Routes one request to its upstream.
-pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Response {
+pub async fn proxy(state: &ProxyState, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let edge = state.live.current();
     let Some(route) = edge.table.find(parts.uri.path()) else {
@@ -64,11 +54,15 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
     if let Err(refusal) = policy::enforce(&route.policy, &mut parts, &edge.authenticator).await {
         return refusal;
     }
-    let body = match hygiene::limit_body(&parts, body, state.body_limit) {
-        Ok(body) => body,
-        Err(problem) => return problem.into_response(),
+    // A request without a body (most reads) has nothing to limit or to wait for.
+    let (body, body_timed_out) = if http_body::Body::is_end_stream(&body) {
+        (body, slow_body::TimedOut::default())
+    } else {
+        match hygiene::limit_body(&parts, body, state.body_limit) {
+            Ok(body) => slow_body::with_deadline(body, state.body_read_timeout),
+            Err(problem) => return problem.into_response(),
+        }
     };
-    let (body, body_timed_out) = slow_body::with_deadline(body, state.body_read_timeout);
     forward::strip_hop_by_hop(&mut parts.headers);
     if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
         forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
@@ -81,7 +75,7 @@ pub async fn proxy(State(state): State<ProxyState>, request: Request) -> Respons
             let response = call_local(router.clone(), request).await;
             crate::metrics::record_upstream(
                 &route.service,
-                response.status().as_str(),
+                crate::metrics::UpstreamOutcome::Status(response.status()),
                 started.elapsed(),
             );
             response

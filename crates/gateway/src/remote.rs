@@ -12,12 +12,14 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::Uri;
+use http::uri::PathAndQuery;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use logicore_platform::http::{ErrorCode, Problem};
 
 use crate::forward;
+use crate::metrics::UpstreamOutcome;
 
 /// The HTTP client shared by every remote upstream of a gateway.
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -44,6 +46,8 @@ pub struct Instance {
     pub origin: String,
     /// Path prefix of the instance (`""` or `/base`).
     pub base_path: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
 }
 
 impl Instance {
@@ -55,7 +59,26 @@ impl Instance {
         Some(Instance {
             origin: format!("{scheme}://{authority}"),
             base_path: uri.path().trim_end_matches('/').to_owned(),
+            scheme: uri.scheme()?.clone(),
+            authority: authority.clone(),
         })
+    }
+
+    /// The URI of `path_and_query` on this instance (under its base path).
+    fn target(&self, path_and_query: Option<&PathAndQuery>) -> Option<Uri> {
+        let path_and_query = match path_and_query {
+            // The common case reuses the client's bytes: no copy, no parse.
+            Some(original) if self.base_path.is_empty() => original.clone(),
+            original => {
+                let original = original.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{original}", self.base_path)).ok()?
+            }
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).ok()
     }
 }
 
@@ -78,7 +101,7 @@ pub struct InstanceHealth {
 
 #[derive(Debug)]
 struct PoolInner {
-    service: String,
+    service: Arc<str>,
     instances: Vec<Instance>,
     /// Parallel to `instances`.
     health: Vec<InstanceHealth>,
@@ -92,7 +115,7 @@ impl RemotePool {
     pub fn new(service: &str, instances: Vec<Instance>, client: HttpClient) -> Self {
         RemotePool {
             inner: Arc::new(PoolInner {
-                service: service.to_owned(),
+                service: service.into(),
                 health: instances
                     .iter()
                     .map(|_| InstanceHealth::default())
@@ -128,12 +151,7 @@ impl RemotePool {
             )
             .into_response();
         };
-        let path_and_query = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let target = format!(
-            "{}{}{}",
-            instance.origin, instance.base_path, path_and_query
-        );
-        let Ok(uri) = target.parse::<Uri>() else {
+        let Some(uri) = instance.target(request.uri().path_and_query()) else {
             return Problem::new(ErrorCode::MalformedBody, "the request target is not valid")
                 .into_response();
         };
@@ -145,11 +163,11 @@ impl RemotePool {
         health.requests.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(timeout, self.inner.client.request(request)).await;
         let outcome = match &result {
-            Ok(Ok(response)) => response.status().as_str().to_owned(),
-            Ok(Err(_)) => "error".to_owned(),
-            Err(_) => "timeout".to_owned(),
+            Ok(Ok(response)) => UpstreamOutcome::Status(response.status()),
+            Ok(Err(_)) => UpstreamOutcome::Error,
+            Err(_) => UpstreamOutcome::Timeout,
         };
-        crate::metrics::record_upstream(&self.inner.service, &outcome, started.elapsed());
+        crate::metrics::record_upstream(&self.inner.service, outcome, started.elapsed());
         if result.as_ref().is_ok_and(Result::is_ok) {
             health.consecutive_failures.store(0, Ordering::Relaxed);
         } else {

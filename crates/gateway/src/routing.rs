@@ -89,7 +89,7 @@ pub struct Route {
     /// `route` label of responses an upstream did not label itself (`<prefix>/*`).
     pub template: std::sync::Arc<str>,
     /// Upstream service name (for logs and metrics).
-    pub service: String,
+    pub service: std::sync::Arc<str>,
     /// Methods routed; `None` = all.
     pub methods: Option<Vec<Method>>,
     /// Access policy.
@@ -192,7 +192,7 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
     Route {
         template: format!("{}/*", prefix.trim_end_matches('/')).into(),
         prefix,
-        service: config.service.clone(),
+        service: config.service.as_str().into(),
         methods,
         policy: RoutePolicy {
             auth: config.auth,

@@ -12,7 +12,6 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use tracing::Instrument;
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -21,13 +20,25 @@ tokio::task_local! {
     static CURRENT: RequestInfo;
 }
 
-/// What the code handling a request may want to know about it without threading it through.
-#[derive(Debug, Clone)]
+/// What the code handling a request may want to know about it without threading it through;
+/// held in a task-local for the duration of the request, and read by the log formatter so
+/// every line logged while handling the request carries `request_id` and `trace_id`.
+#[derive(Debug)]
 pub struct RequestInfo {
     /// The request id answered in `x-request-id`.
     pub request_id: String,
-    /// The request path, used as `instance` in problem documents.
-    pub path: String,
+    /// The request target, whose path is the `instance` of problem documents.
+    uri: http::Uri,
+    /// The W3C trace id: the client's (from `traceparent`) or made on first use.
+    trace_id: std::cell::OnceCell<String>,
+}
+
+impl RequestInfo {
+    /// Returns the trace id, making one up the first time when the client sent none.
+    pub fn trace_id(&self) -> &str {
+        self.trace_id
+            .get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+    }
 }
 
 /// The route template that answered (`/api/v1/products/{id}`), set as a response extension
@@ -54,12 +65,17 @@ pub struct ClientAddr(pub SocketAddr);
 
 /// Returns the path of the request being handled on this task, if any.
 pub fn current_path() -> Option<String> {
-    CURRENT.try_with(|info| info.path.clone()).ok()
+    CURRENT.try_with(|info| info.uri.path().to_owned()).ok()
 }
 
 /// Returns the id of the request being handled on this task, if any.
 pub fn current_request_id() -> Option<String> {
     CURRENT.try_with(|info| info.request_id.clone()).ok()
+}
+
+/// Calls `visit` with the request being handled on this task, if any.
+pub fn with_current<T>(visit: impl FnOnce(&RequestInfo) -> T) -> Option<T> {
+    CURRENT.try_with(visit).ok()
 }
 
 /// Settings of the request-context middleware of one listener.
@@ -71,17 +87,34 @@ pub struct AccessLog {
     pub enabled: bool,
 }
 
-/// Middleware: request id, request span, access log.
+/// Middleware: request id, request context, request metric, access log.
 pub async fn request_context(
     State(access_log): State<AccessLog>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
+    in_request_context(access_log, request, |request| next.run(request)).await
+}
+
+/// Runs `handler` for `request` inside its context: takes or makes the request id (set on
+/// the request and the response), makes the request's id and trace id visible to every log
+/// line written while it runs, records the request metric and writes the access line.
+pub async fn in_request_context<F, Fut>(
+    access_log: AccessLog,
+    mut request: Request,
+    handler: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let request_id =
         accepted_request_id(request.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let trace_id = trace_id_from(request.headers())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let trace_id = std::cell::OnceCell::new();
+    if let Some(client_trace) = trace_id_from(request.headers()) {
+        let _ = trace_id.set(client_trace);
+    }
     let header_value = HeaderValue::from_str(&request_id).ok();
     if let Some(value) = &header_value {
         request
@@ -89,60 +122,59 @@ pub async fn request_context(
             .insert(X_REQUEST_ID.clone(), value.clone());
     }
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let ip = request
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|addr| addr.0.ip().to_string())
-        .unwrap_or_default();
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-
-    let span = tracing::info_span!("request", request_id = %request_id, trace_id = %trace_id);
+    // What only the access line needs is gathered only when it is written.
+    let client = access_log.enabled.then(|| {
+        let ip = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map(|addr| addr.0.ip().to_string())
+            .unwrap_or_default();
+        let user_agent = request
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        (ip, user_agent)
+    });
     let info = RequestInfo {
         request_id,
-        path: path.clone(),
+        uri: request.uri().clone(),
+        trace_id,
     };
-    span.in_scope(|| tracing::debug!(method = %method, path = %path, "request started"));
-    let mut response = CURRENT
-        .scope(info, next.run(request).instrument(span.clone()))
-        .await;
-    if let Some(value) = header_value {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
-    let elapsed = started.elapsed();
-    let route = response
-        .extensions()
-        .get::<RouteTemplate>()
-        .map_or_else(|| "unmatched".to_owned(), |template| template.0.to_string());
-    metrics::histogram!(
-        crate::telemetry::metrics::HTTP_REQUEST_DURATION,
-        "service" => access_log.service,
-        "method" => method.as_str().to_owned(),
-        "route" => route,
-        "status" => response.status().as_str().to_owned(),
-    )
-    .record(elapsed.as_secs_f64());
-    if access_log.enabled {
-        let duration_ms = elapsed.as_micros() as f64 / 1000.0;
-        span.in_scope(|| {
-            tracing::info!(
-                service = access_log.service,
-                method = %method,
-                path = %path,
-                status = response.status().as_u16(),
-                duration_ms,
-                ip = %ip,
-                user_agent = %user_agent,
-                "request"
+    CURRENT
+        .scope(info, async move {
+            tracing::debug!(method = %method, path = %request.uri().path(), "request started");
+            let uri = client.is_some().then(|| request.uri().clone());
+            let mut response = handler(request).await;
+            if let Some(value) = header_value {
+                response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+            }
+            let elapsed = started.elapsed();
+            let route = response.extensions().get::<RouteTemplate>();
+            crate::telemetry::metrics::record_request(
+                access_log.service,
+                &method,
+                route.map(|template| &template.0),
+                response.status(),
+                elapsed,
             );
-        });
-    }
-    response
+            if let (Some((ip, user_agent)), Some(uri)) = (client, uri) {
+                let duration_ms = elapsed.as_micros() as f64 / 1000.0;
+                tracing::info!(
+                    service = access_log.service,
+                    method = %method,
+                    path = %uri.path(),
+                    status = response.status().as_u16(),
+                    duration_ms,
+                    ip = %ip,
+                    user_agent = %user_agent,
+                    "request"
+                );
+            }
+            response
+        })
+        .await
 }
 
 fn accepted_request_id(headers: &HeaderMap) -> Option<String> {

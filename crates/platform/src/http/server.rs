@@ -4,7 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -12,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 use super::request_context::ClientAddr;
 
@@ -48,11 +54,19 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("failed to bind {addr}"))
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and lets
+/// What a listener serves: a router, or any service answering requests the same way.
+pub type ListenerService = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// Boxes an axum router as a [`ListenerService`].
+pub fn router_service(router: Router) -> ListenerService {
+    BoxCloneSyncService::new(router)
+}
+
+/// Serves `service` on `listener` until `shutdown` is cancelled, then stops accepting and lets
 /// in-flight requests finish for up to `options.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    service: ListenerService,
     options: ServerOptions,
     shutdown: CancellationToken,
 ) {
@@ -90,10 +104,11 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let service = service.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let mut request = request.map(Body::new);
             request.extensions_mut().insert(ClientAddr(peer));
-            router.clone().oneshot(request)
+            service.clone().oneshot(request)
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());

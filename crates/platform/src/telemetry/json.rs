@@ -10,8 +10,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Formats each event as one flat JSON object: `timestamp` (RFC 3339 UTC, milliseconds),
-/// `level` (upper case), `service`, `message`, then the fields of the enclosing spans
-/// (`request_id`, `trace_id`, ...) and of the event itself, without nesting.
+/// `level` (upper case), `service`, `message`, the `request_id` and `trace_id` of the request
+/// being handled on this task, then the fields of the enclosing spans and of the event itself,
+/// without nesting.
 #[derive(Debug, Clone)]
 pub struct FlatJson {
     default_service: &'static str,
@@ -48,8 +49,7 @@ where
     ) -> fmt::Result {
         let metadata = event.metadata();
         let mut line = Map::new();
-        let timestamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
-        line.insert("timestamp".into(), Value::String(timestamp.to_string()));
+        line.insert("timestamp".into(), Value::String(timestamp_now()));
         line.insert("level".into(), Value::String(metadata.level().to_string()));
 
         let mut span_fields = Map::new();
@@ -78,6 +78,11 @@ where
             .remove("message")
             .unwrap_or(Value::String(String::new()));
         line.insert("message".into(), message);
+        // The request being handled on this task (see `request_context`) names itself.
+        crate::http::request_context::with_current(|request| {
+            line.insert("request_id".into(), request.request_id.as_str().into());
+            line.insert("trace_id".into(), request.trace_id().into());
+        });
         for (key, value) in span_fields.into_iter().chain(event_fields.fields) {
             line.entry(key).or_insert(value);
         }
@@ -86,6 +91,36 @@ where
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
     }
+}
+
+/// The current UTC time as RFC 3339 with milliseconds (`2026-01-01T00:00:00.000Z`).
+pub(crate) fn timestamp_now() -> String {
+    use chrono::{Datelike, Timelike};
+    let now = chrono::Utc::now();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        now.year(),
+        now.month(),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        // chrono folds a leap second into the nanoseconds; keep the milliseconds in range.
+        now.nanosecond() / 1_000_000 % 1000,
+    )
+}
+
+/// The line the log writer adds when it had to drop lines.
+pub(crate) fn dropped_lines_notice(dropped: u64) -> String {
+    let line = serde_json::json!({
+        "timestamp": timestamp_now(),
+        "level": "WARN",
+        "service": "logicore",
+        "message": "log lines dropped: the log sinks could not keep up",
+        "dropped": dropped,
+        "target": "logicore_platform::telemetry",
+    });
+    format!("{line}\n")
 }
 
 #[derive(Default)]
@@ -187,6 +222,50 @@ mod tests {
             "{timestamp}"
         );
         assert!(timestamp.ends_with('Z'));
+    }
+
+    #[test]
+    fn lines_logged_while_handling_a_request_carry_its_ids() {
+        use crate::http::request_context::{AccessLog, in_request_context};
+        let lines = capture(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let request = http::Request::builder()
+                    .uri("/api/v1/products")
+                    .header("x-request-id", "req-7")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let access_log = AccessLog {
+                    service: "gateway",
+                    enabled: true,
+                };
+                in_request_context(access_log, request, |_| async {
+                    tracing::warn!("inside");
+                    tracing::warn!("again");
+                    axum::response::Response::new(axum::body::Body::empty())
+                })
+                .await;
+            });
+            tracing::warn!("after");
+        });
+        let messages: Vec<&str> = lines
+            .iter()
+            .map(|line| line["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            messages,
+            ["request started", "inside", "again", "request", "after"]
+        );
+        let trace_id = lines[0]["trace_id"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32, "{trace_id}");
+        for line in &lines[..4] {
+            assert_eq!(line["request_id"], "req-7");
+            assert_eq!(line["trace_id"], trace_id, "one trace id per request");
+        }
+        assert!(lines[4].get("request_id").is_none(), "{:?}", lines[4]);
+        assert_eq!(lines[3]["path"], "/api/v1/products");
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! Prometheus metrics: the process recorder, the HTTP request histogram shared by every
 //! listener, and process metrics read from `/proc` at scrape time.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http::{Method, StatusCode};
+use metrics::Histogram;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Name of the request latency histogram (SPEC §6).
@@ -42,6 +49,7 @@ pub fn install() -> anyhow::Result<MetricsHandle> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    GLOBAL_RECORDER.store(true, Ordering::Release);
     describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -60,4 +68,93 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from request received to response headers sent, by listener service, method, route template and status."
     );
+}
+
+/// Set once the process recorder is installed: from then on a registered handle stays valid,
+/// so [`HistogramCache`] may keep it.
+static GLOBAL_RECORDER: AtomicBool = AtomicBool::new(false);
+
+/// Most handles one cache keeps; label sets are few (routes × methods × statuses), so
+/// reaching this means unusual traffic, and the cache simply starts again.
+const MAX_CACHED_HANDLES: usize = 4096;
+
+/// Registered metric handles (histograms, counters) by label set, for per-request metrics.
+///
+/// The `metrics` macros build the key (allocating each label value) and look it up in the
+/// registry on every call; on the request path that costs more than recording. A cache in a
+/// `thread_local!` holds the handles instead. Until the global recorder is installed (tests,
+/// one-shot commands) it does not cache, so a handle of no recorder is never kept.
+#[derive(Debug)]
+pub struct HandleCache<K, H> {
+    handles: RefCell<HashMap<K, H>>,
+}
+
+/// A cache of histogram handles.
+pub type HistogramCache<K> = HandleCache<K, Histogram>;
+
+impl<K: Hash + Eq, H> HandleCache<K, H> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        HandleCache {
+            handles: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Calls `use_handle` with the handle of `key`, registering it with `register` if needed.
+    pub fn with(&self, key: K, register: impl FnOnce(&K) -> H, use_handle: impl FnOnce(&H)) {
+        if !GLOBAL_RECORDER.load(Ordering::Acquire) {
+            use_handle(&register(&key));
+            return;
+        }
+        let mut handles = self.handles.borrow_mut();
+        if handles.len() >= MAX_CACHED_HANDLES && !handles.contains_key(&key) {
+            handles.clear();
+        }
+        use_handle(handles.entry(key).or_insert_with_key(|key| register(key)));
+    }
+}
+
+impl<K: Hash + Eq> HandleCache<K, Histogram> {
+    /// Records `value` in the histogram of `key`, registering it with `register` if needed.
+    pub fn record(&self, key: K, register: impl FnOnce(&K) -> Histogram, value: f64) {
+        self.with(key, register, |histogram| histogram.record(value));
+    }
+}
+
+impl<K: Hash + Eq, H> Default for HandleCache<K, H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type RequestKey = (&'static str, Method, Option<Arc<str>>, StatusCode);
+
+thread_local! {
+    static REQUEST_HISTOGRAMS: HistogramCache<RequestKey> = HistogramCache::new();
+}
+
+/// Records one request in [`HTTP_REQUEST_DURATION`]; `route` is the template that answered
+/// (`unmatched` when none did).
+pub fn record_request(
+    service: &'static str,
+    method: &Method,
+    route: Option<&Arc<str>>,
+    status: StatusCode,
+    elapsed: Duration,
+) {
+    REQUEST_HISTOGRAMS.with(|cache| {
+        cache.record(
+            (service, method.clone(), route.cloned(), status),
+            |(service, method, route, status)| {
+                metrics::histogram!(
+                    HTTP_REQUEST_DURATION,
+                    "service" => *service,
+                    "method" => method.as_str().to_owned(),
+                    "route" => route.as_deref().unwrap_or("unmatched").to_owned(),
+                    "status" => status.as_str().to_owned(),
+                )
+            },
+            elapsed.as_secs_f64(),
+        );
+    });
 }

@@ -5,6 +5,7 @@
 //! and only the newest `max_files` are kept; [`retention`] does that, since tracing-appender does
 //! neither.
 
+pub mod batch;
 mod json;
 pub mod metrics;
 mod process;
@@ -15,15 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
-use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 pub use json::FlatJson;
+
+use self::batch::{BatchGuard, BatchWriter, Sink};
 
 use crate::config::LogFormat;
 
@@ -47,58 +48,65 @@ pub struct LogSettings {
     pub default_service: &'static str,
 }
 
-/// Keeps the writers flushing; drop it last, at exit.
+/// Keeps the writers flushing; drop it last, at exit (pending lines are written then).
 #[derive(Debug)]
 pub struct LogGuard {
-    _file: Option<WorkerGuard>,
-    _stdout: WorkerGuard,
+    _writers: Vec<BatchGuard>,
 }
 
 /// Installs the global subscriber. Call once, early in `main`.
 pub fn init_logging(settings: &LogSettings) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(&settings.level).context("invalid log.level")?;
-    let (file, file_guard) = match &settings.dir {
-        Some(dir) => {
-            let (writer, guard) = file_writer(dir, settings)?;
-            (Some(writer), Some(guard))
-        }
-        None => (None, None),
-    };
+    let file = settings
+        .dir
+        .as_deref()
+        .map(|dir| file_sink(dir, settings))
+        .transpose()?;
     let json_stdout = match settings.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    // Lines are written by a background thread, so a request never waits on a write syscall.
-    let (stdout, stdout_guard) = tracing_appender::non_blocking(std::io::stdout());
+    // Lines are written in batches by a background thread (see `batch`), so a request never
+    // waits on a write system call or wakes a thread per line.
+    let spawn = |name: &str, sinks: Vec<Sink>| {
+        BatchWriter::spawn(name, sinks, json::dropped_lines_notice)
+            .context("failed to start the log writer thread")
+    };
+    let stdout: Sink = Box::new(std::io::stdout());
     let registry = tracing_subscriber::registry().with(filter);
     let json_layer = || {
         tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields::new())
             .event_format(FlatJson::new(settings.default_service))
     };
-    let installed = match (json_stdout, file) {
-        // The same JSON line goes to both: format it once.
-        (true, Some(file)) => registry
-            .with(json_layer().with_writer(stdout.and(file)))
-            .try_init(),
-        (true, None) => registry.with(json_layer().with_writer(stdout)).try_init(),
-        (false, file) => registry
-            .with(file.map(|file| json_layer().with_writer(file)))
-            .with(tracing_subscriber::fmt::layer().with_writer(stdout))
-            .try_init(),
+    let mut guards = Vec::new();
+    let installed = if json_stdout {
+        // The same JSON line goes to stdout and the file: format it once, write it twice.
+        let (writer, guard) = spawn("log-writer", [stdout].into_iter().chain(file).collect())?;
+        guards.push(guard);
+        registry.with(json_layer().with_writer(writer)).try_init()
+    } else {
+        let file_layer = match file {
+            Some(file) => {
+                let (writer, guard) = spawn("log-file-writer", vec![file])?;
+                guards.push(guard);
+                Some(json_layer().with_writer(writer))
+            }
+            None => None,
+        };
+        let (writer, guard) = spawn("log-writer", vec![stdout])?;
+        guards.push(guard);
+        registry
+            .with(file_layer)
+            .with(tracing_subscriber::fmt::layer().with_writer(writer))
+            .try_init()
     };
     installed.context("a logger is already installed")?;
-    Ok(LogGuard {
-        _file: file_guard,
-        _stdout: stdout_guard,
-    })
+    Ok(LogGuard { _writers: guards })
 }
 
-fn file_writer(
-    dir: &Path,
-    settings: &LogSettings,
-) -> anyhow::Result<(tracing_appender::non_blocking::NonBlocking, WorkerGuard)> {
+fn file_sink(dir: &Path, settings: &LogSettings) -> anyhow::Result<Sink> {
     // tracing-appender complains when the directory is missing; create it first.
     std::fs::create_dir_all(dir)
         .with_context(|| format!("failed to create the log directory {}", dir.display()))?;
@@ -114,5 +122,5 @@ fn file_writer(
         settings.max_files,
         RETENTION_INTERVAL,
     );
-    Ok(tracing_appender::non_blocking(appender))
+    Ok(Box::new(appender))
 }
