@@ -139,10 +139,18 @@ impl Reloader {
 }
 
 /// One bound listener and what it serves.
-#[derive(Debug)]
 struct Served {
     listener: TcpListener,
     service: ListenerService,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Served")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A process with its listeners bound, ready to serve.
@@ -281,12 +289,7 @@ async fn bind_gateway(
     let (gateway, reloader) = gateway_router(config, source, edge.local, edge.apis)?;
     let admin = logicore_gateway::admin_router(edge.checks, metrics, Some(reloader.live.clone()));
     let served = vec![
-        bind(
-            "gateway",
-            config.gateway.listen,
-            ListenerService::new(gateway),
-        )
-        .await?,
+        bind("gateway", config.gateway.listen, gateway.into_service()).await?,
         bind("admin", config.admin.listen, router_service(admin)).await?,
     ];
     log_public_url(config, &served[0])?;

@@ -8,25 +8,33 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never to be forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
+/// Headers that describe one connection, never to be forwarded.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+    .contains(&name)
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) names; most messages have none to remove.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -37,7 +45,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    let hop_by_hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
+        .collect();
+    for name in hop_by_hop {
         headers.remove(name);
     }
 }
@@ -102,48 +115,54 @@ fn in_block(ip: IpAddr, network: IpAddr, bits: u8) -> bool {
 pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: &TrustedProxies) {
     let believe_client = trusted.contains(peer);
     let peer = canonical(peer);
-    let host = headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if believe_client => format!("{existing}, {peer}"),
-        _ => peer.to_string(),
+    let believed = |headers: &HeaderMap, name: &HeaderName| {
+        believe_client
+            .then(|| headers.get(name).and_then(|value| value.to_str().ok()))
+            .flatten()
+            .map(str::to_owned)
     };
-    let proto = match headers
-        .get(&X_FORWARDED_PROTO)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(existing) if believe_client => existing.to_owned(),
-        _ => "http".to_owned(),
+    let host = headers.get(header::HOST).cloned();
+    let forwarded_for = match believed(headers, &X_FORWARDED_FOR) {
+        Some(existing) => format!("{existing}, {peer}"),
+        None => peer.to_string(),
     };
-    let forwarded_host = match headers.get(&X_FORWARDED_HOST).and_then(|v| v.to_str().ok()) {
-        Some(existing) if believe_client => existing.to_owned(),
-        _ => host.clone(),
+    let proto = believed(headers, &X_FORWARDED_PROTO);
+    let forwarded_host = match believed(headers, &X_FORWARDED_HOST) {
+        Some(existing) => HeaderValue::try_from(existing).ok(),
+        None => host,
     };
     let node = match peer {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let element = format!("for={node};host=\"{forwarded_host}\";proto={proto}");
-    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(existing) if believe_client => format!("{existing}, {element}"),
-        _ => element,
+    let element = format!(
+        "for={node};host=\"{}\";proto={}",
+        forwarded_host
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or(""),
+        proto.as_deref().unwrap_or("http"),
+    );
+    let forwarded = match believed(headers, &FORWARDED) {
+        Some(existing) => format!("{existing}, {element}"),
+        None => element,
     };
 
+    let proto = match proto {
+        Some(proto) => HeaderValue::try_from(proto).ok(),
+        None => Some(HeaderValue::from_static("http")),
+    };
     for (name, value) in [
-        (&X_FORWARDED_FOR, forwarded_for),
+        (&X_FORWARDED_FOR, HeaderValue::try_from(forwarded_for).ok()),
         (&X_FORWARDED_PROTO, proto),
         (&X_FORWARDED_HOST, forwarded_host),
-        (&FORWARDED, forwarded),
+        (&FORWARDED, HeaderValue::try_from(forwarded).ok()),
     ] {
-        match HeaderValue::from_str(&value) {
-            Ok(value) => {
+        match value {
+            Some(value) => {
                 headers.insert(name.clone(), value);
             }
-            Err(_) => {
+            None => {
                 headers.remove(name);
             }
         }

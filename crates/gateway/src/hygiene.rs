@@ -52,6 +52,16 @@ pub fn check_header_size(parts: &Parts, limit: usize) -> Result<(), Problem> {
 /// Refuses paths with dot segments (plain or percent-encoded) or broken percent-encoding.
 pub fn check_path(path: &str) -> Result<(), Problem> {
     for segment in path.split('/') {
+        // Most segments have no escapes: compare them as they are, without decoding.
+        if !segment.contains('%') {
+            if segment == "." || segment == ".." {
+                return Err(Problem::new(
+                    ErrorCode::MalformedBody,
+                    "the path must not contain dot segments",
+                ));
+            }
+            continue;
+        }
         let Some(decoded) = percent_decode(segment) else {
             return Err(Problem::new(
                 ErrorCode::MalformedBody,

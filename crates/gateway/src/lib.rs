@@ -140,21 +140,13 @@ fn is_own_path(path: &str) -> bool {
     matches!(path, "/health" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
 }
 
-impl tower::Service<Request> for Gateway {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let gateway = self.clone();
-        Box::pin(async move { Ok(gateway.handle(request).await) })
+impl Gateway {
+    /// The gateway as a listener's service.
+    pub fn into_service(self) -> logicore_platform::http::server::ListenerService {
+        Arc::new(move |request| {
+            let gateway = self.clone();
+            Box::pin(async move { gateway.handle(request).await })
+        })
     }
 }
 

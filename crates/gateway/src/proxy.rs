@@ -1,7 +1,6 @@
 //! The gateway's request path: route, enforce the policy, limit the body, call the upstream.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -9,7 +8,7 @@ use http::{Method, header};
 use logicore_platform::http::{ErrorCode, Problem};
 use tower::ServiceExt;
 
-use logicore_platform::http::request_context::{ClientAddr, RouteTemplate};
+use logicore_platform::http::request_context::{ClientAddr, set_route};
 
 use crate::forward;
 use crate::live::LiveEdge;
@@ -93,11 +92,8 @@ pub async fn proxy(state: &ProxyState, request: Request) -> Response {
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         return refused;
     }
-    if response.extensions().get::<RouteTemplate>().is_none() {
-        response
-            .extensions_mut()
-            .insert(RouteTemplate(Arc::clone(&route.template)));
-    }
+    // A local service has named its own template by now; otherwise the prefix's stands.
+    set_route(&route.template);
     if let Some(cache_control) = &route.cache_control
         && is_read
         && response.status().is_success()

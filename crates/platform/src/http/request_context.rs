@@ -31,6 +31,8 @@ pub struct RequestInfo {
     uri: http::Uri,
     /// The W3C trace id: the client's (from `traceparent`) or made on first use.
     trace_id: std::cell::OnceCell<String>,
+    /// The route template that answered, once known.
+    route: std::cell::OnceCell<std::sync::Arc<str>>,
 }
 
 impl RequestInfo {
@@ -41,22 +43,22 @@ impl RequestInfo {
     }
 }
 
-/// The route template that answered (`/api/v1/products/{id}`), set as a response extension
-/// by whoever routed the request; used as the `route` label of the request histogram.
-#[derive(Debug, Clone)]
-pub struct RouteTemplate(pub std::sync::Arc<str>);
-
-/// Middleware for a service router (`route_layer`): tags responses with the matched template.
+/// Middleware for a service router (`route_layer`): records the matched template as the
+/// request's route (see [`set_route`]).
 pub async fn tag_route_template(request: Request, next: Next) -> Response {
-    let template = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|matched| std::sync::Arc::<str>::from(matched.as_str()));
-    let mut response = next.run(request).await;
-    if let Some(template) = template {
-        response.extensions_mut().insert(RouteTemplate(template));
+    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+        set_route(&std::sync::Arc::from(matched.as_str()));
     }
-    response
+    next.run(request).await
+}
+
+/// Records the route template that answers the request being handled on this task
+/// (`/api/v1/products/{id}`), used as the `route` label of the request histogram; the first
+/// call wins, so a service's own template beats the gateway's `<prefix>/*`.
+pub fn set_route(template: &std::sync::Arc<str>) {
+    let _ = CURRENT.try_with(|info| {
+        let _ = info.route.set(std::sync::Arc::clone(template));
+    });
 }
 
 /// The peer address of the connection, inserted by the listener.
@@ -109,8 +111,7 @@ where
     Fut: Future<Output = Response>,
 {
     let started = Instant::now();
-    let request_id =
-        accepted_request_id(request.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let request_id = accepted_request_id(request.headers()).unwrap_or_else(new_request_id);
     let trace_id = std::cell::OnceCell::new();
     if let Some(client_trace) = trace_id_from(request.headers()) {
         let _ = trace_id.set(client_trace);
@@ -141,6 +142,7 @@ where
         request_id,
         uri: request.uri().clone(),
         trace_id,
+        route: std::cell::OnceCell::new(),
     };
     CURRENT
         .scope(info, async move {
@@ -151,14 +153,15 @@ where
                 response.headers_mut().insert(X_REQUEST_ID.clone(), value);
             }
             let elapsed = started.elapsed();
-            let route = response.extensions().get::<RouteTemplate>();
-            crate::telemetry::metrics::record_request(
-                access_log.service,
-                &method,
-                route.map(|template| &template.0),
-                response.status(),
-                elapsed,
-            );
+            CURRENT.with(|info| {
+                crate::telemetry::metrics::record_request(
+                    access_log.service,
+                    &method,
+                    info.route.get(),
+                    response.status(),
+                    elapsed,
+                );
+            });
             if let (Some((ip, user_agent)), Some(uri)) = (client, uri) {
                 let duration_ms = elapsed.as_micros() as f64 / 1000.0;
                 tracing::info!(
@@ -175,6 +178,15 @@ where
             response
         })
         .await
+}
+
+/// A UUIDv7 in its hyphenated form (time-ordered, so ids sort by arrival).
+fn new_request_id() -> String {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }
 
 fn accepted_request_id(headers: &HeaderMap) -> Option<String> {

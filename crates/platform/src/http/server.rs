@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use std::convert::Infallible;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,7 +21,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
 
 use super::request_context::ClientAddr;
 
@@ -54,12 +57,20 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("failed to bind {addr}"))
 }
 
-/// What a listener serves: a router, or any service answering requests the same way.
-pub type ListenerService = BoxCloneSyncService<Request, Response, Infallible>;
+/// What a listener serves: one boxed future per request, nothing cloned but an `Arc`.
+pub type ListenerService = Arc<dyn Fn(Request) -> BoxFuture<'static, Response> + Send + Sync>;
 
-/// Boxes an axum router as a [`ListenerService`].
+/// Serves an axum router.
 pub fn router_service(router: Router) -> ListenerService {
-    BoxCloneSyncService::new(router)
+    Arc::new(move |request| {
+        let router = router.clone();
+        Box::pin(async move {
+            match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    })
 }
 
 /// Serves `service` on `listener` until `shutdown` is cancelled, then stops accepting and lets
@@ -104,11 +115,11 @@ pub async fn serve(
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
-        let service = service.clone();
+        let service = Arc::clone(&service);
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let mut request = request.map(Body::new);
             request.extensions_mut().insert(ClientAddr(peer));
-            service.clone().oneshot(request)
+            service(request).map(Ok::<_, Infallible>)
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());

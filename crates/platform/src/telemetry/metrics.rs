@@ -86,7 +86,7 @@ const MAX_CACHED_HANDLES: usize = 4096;
 /// one-shot commands) it does not cache, so a handle of no recorder is never kept.
 #[derive(Debug)]
 pub struct HandleCache<K, H> {
-    handles: RefCell<HashMap<K, H>>,
+    handles: RefCell<HashMap<K, H, foldhash::fast::RandomState>>,
 }
 
 /// A cache of histogram handles.
@@ -96,7 +96,7 @@ impl<K: Hash + Eq, H> HandleCache<K, H> {
     /// An empty cache.
     pub fn new() -> Self {
         HandleCache {
-            handles: RefCell::new(HashMap::new()),
+            handles: RefCell::new(HashMap::default()),
         }
     }
 
