@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod compression;
+mod fast_gzip;
 pub mod forward;
 pub mod hygiene;
 pub mod live;
