@@ -13,7 +13,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use logicore_catalog::CatalogService;
 use logicore_gateway::auth::{Authenticator, JwksOptions};
-use logicore_gateway::remote::HttpClient;
+use logicore_gateway::remote::{HttpClient, PoolSettings};
 use logicore_gateway::{
     EdgeConfig, Gateway, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable, RoutingError,
     TrustedProxies, UpstreamResolver,
@@ -93,7 +93,18 @@ fn edge_config(
     client: HttpClient,
 ) -> Result<EdgeConfig, RoutingError> {
     let discovery = Discovery::from_config(&config.discovery);
-    let mut resolver = UpstreamResolver::new(local, discovery, client);
+    let gateway = config.gateway.clone();
+    let mut resolver =
+        UpstreamResolver::new(local, discovery, client).with_pool_settings(move |service| {
+            PoolSettings {
+                breaker: gateway.upstreams.get(service).map_or_else(
+                    || gateway.breaker.clone(),
+                    |upstream| upstream.breaker.clone(),
+                ),
+                retry_budget: gateway.retry_budget.clone(),
+                outlier: gateway.outlier.clone(),
+            }
+        });
     let table = RouteTable::build(&built_in_routes(), &config.gateway.routes, &mut resolver)?;
     Ok(EdgeConfig {
         table,

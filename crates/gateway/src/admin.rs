@@ -141,16 +141,26 @@ fn describe_upstream(route: &Route) -> Value {
                 .instance_health()
                 .map(|(instance, health)| {
                     let consecutive = health.consecutive_failures.load(Ordering::Relaxed);
+                    let ejected = pool.is_ejected(health);
                     json!({
                         "url": format!("{}{}", instance.origin, instance.base_path),
-                        "healthy": consecutive == 0,
+                        "healthy": consecutive == 0 && !ejected,
+                        "ejected": ejected,
+                        "ejections": health.ejections.load(Ordering::Relaxed),
+                        "outstanding": health.outstanding.load(Ordering::Relaxed),
                         "requests": health.requests.load(Ordering::Relaxed),
                         "failures": health.failures.load(Ordering::Relaxed),
                         "consecutive_failures": consecutive,
                     })
                 })
                 .collect();
-            json!({"service": route.service, "kind": "remote", "routes": [], "instances": instances})
+            json!({
+                "service": route.service,
+                "kind": "remote",
+                "breaker": pool.breaker_state().as_str(),
+                "routes": [],
+                "instances": instances,
+            })
         }
     }
 }

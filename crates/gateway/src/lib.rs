@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod remote;
+pub mod resilience;
 pub mod routing;
 pub mod slow_body;
 

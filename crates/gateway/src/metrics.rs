@@ -8,8 +8,39 @@ use logicore_platform::telemetry::metrics::HistogramCache;
 /// Upstream round-trip time to response headers, by upstream and outcome.
 pub const UPSTREAM_DURATION: &str = "gateway_upstream_duration_seconds";
 
+/// Circuit breaker state by upstream: 0 closed, 1 open, 2 half open.
+pub const BREAKER_STATE: &str = "gateway_breaker_state";
+/// Breaker state changes by upstream and state entered.
+pub const BREAKER_TRANSITIONS: &str = "gateway_breaker_transitions_total";
+/// Requests answered 503 by an open breaker, by upstream.
+pub const BREAKER_REJECTIONS: &str = "gateway_breaker_rejections_total";
+/// Retry decisions by upstream and outcome (`retried`, `budget_exhausted`).
+pub const RETRIES: &str = "gateway_retries_total";
+/// Instances ejected, by upstream and instance.
+pub const EJECTIONS: &str = "gateway_outlier_ejections_total";
+
 /// Describes the gateway metrics (call once after the recorder is installed).
 pub fn describe() {
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state by upstream: 0 closed, 1 open, 2 half open."
+    );
+    metrics::describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit breaker state changes by upstream and the state entered."
+    );
+    metrics::describe_counter!(
+        BREAKER_REJECTIONS,
+        "Requests answered 503 without calling the upstream because its breaker was open."
+    );
+    metrics::describe_counter!(
+        RETRIES,
+        "Retry decisions after gateway errors, by upstream and outcome (retried, budget_exhausted)."
+    );
+    metrics::describe_counter!(
+        EJECTIONS,
+        "Instances ejected from their pool after consecutive gateway errors."
+    );
     metrics::describe_histogram!(
         UPSTREAM_DURATION,
         metrics::Unit::Seconds,
@@ -61,4 +92,46 @@ pub fn record_upstream(upstream: &Arc<str>, outcome: UpstreamOutcome, elapsed: D
             elapsed.as_secs_f64(),
         );
     });
+}
+
+/// Sets the state gauge of a new (closed) breaker.
+pub fn reset_breaker_state(upstream: &str) {
+    metrics::gauge!(BREAKER_STATE, "upstream" => upstream.to_owned()).set(0.0);
+}
+
+/// Records a breaker entering `state`.
+pub fn record_breaker_state(upstream: &str, state: crate::resilience::BreakerState) {
+    metrics::gauge!(BREAKER_STATE, "upstream" => upstream.to_owned()).set(state.gauge());
+    if state != crate::resilience::BreakerState::Closed {
+        tracing::warn!(
+            upstream,
+            state = state.as_str(),
+            "circuit breaker state changed"
+        );
+    } else {
+        tracing::info!(
+            upstream,
+            state = state.as_str(),
+            "circuit breaker state changed"
+        );
+    }
+    metrics::counter!(BREAKER_TRANSITIONS, "upstream" => upstream.to_owned(), "state" => state.as_str())
+        .increment(1);
+}
+
+/// Records a request refused by an open breaker.
+pub fn record_breaker_rejection(upstream: &str) {
+    metrics::counter!(BREAKER_REJECTIONS, "upstream" => upstream.to_owned()).increment(1);
+}
+
+/// Records a retry decision.
+pub fn record_retry(upstream: &str, outcome: &'static str) {
+    metrics::counter!(RETRIES, "upstream" => upstream.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records an instance ejection.
+pub fn record_ejection(upstream: &str, instance: &str) {
+    metrics::counter!(EJECTIONS, "upstream" => upstream.to_owned(), "instance" => instance.to_owned())
+        .increment(1);
 }

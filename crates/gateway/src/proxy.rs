@@ -79,7 +79,7 @@ pub async fn proxy(state: &ProxyState, request: Request) -> Response {
             );
             response
         }
-        Upstream::Remote(pool) => pool.forward(request, route.timeout).await,
+        Upstream::Remote(pool) => pool.forward(request, route.call_policy()).await,
     };
     if body_timed_out.happened() {
         let mut refused = Problem::new(

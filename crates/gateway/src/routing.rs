@@ -13,7 +13,7 @@ use http::{HeaderValue, Method};
 use logicore_platform::config::{RouteAuth, RouteConfig};
 use logicore_platform::discovery::Discovery;
 
-use crate::remote::{HttpClient, Instance, RemotePool};
+use crate::remote::{CallPolicy, HttpClient, Instance, PoolSettings, RemotePool};
 
 /// Where a route's requests go.
 #[derive(Debug, Clone)]
@@ -25,23 +25,43 @@ pub enum Upstream {
 }
 
 /// Finds the upstream of a service name: a router mounted here, else discovered instances.
-#[derive(Debug)]
 pub struct UpstreamResolver {
     local: BTreeMap<String, Router>,
     discovery: Discovery,
     client: HttpClient,
     remote: BTreeMap<String, RemotePool>,
+    settings: Box<dyn Fn(&str) -> PoolSettings + Send + Sync>,
+}
+
+impl std::fmt::Debug for UpstreamResolver {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("UpstreamResolver")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamResolver {
-    /// Creates a resolver over the services mounted in this process and discovery.
+    /// Creates a resolver over the services mounted in this process and discovery, with
+    /// default resilience settings for remote pools.
     pub fn new(local: BTreeMap<String, Router>, discovery: Discovery, client: HttpClient) -> Self {
         UpstreamResolver {
             local,
             discovery,
             client,
             remote: BTreeMap::new(),
+            settings: Box::new(|_| PoolSettings::default()),
         }
+    }
+
+    /// Sets how the resilience settings of a remote service's pool are chosen.
+    pub fn with_pool_settings(
+        mut self,
+        settings: impl Fn(&str) -> PoolSettings + Send + Sync + 'static,
+    ) -> Self {
+        self.settings = Box::new(settings);
+        self
     }
 
     /// Returns the upstream of `service`; one shared pool per remote service.
@@ -61,7 +81,12 @@ impl UpstreamResolver {
         if instances.is_empty() {
             return None;
         }
-        let pool = RemotePool::new(service, instances, self.client.clone());
+        let pool = RemotePool::new(
+            service,
+            instances,
+            self.client.clone(),
+            (self.settings)(service),
+        );
         self.remote.insert(service.to_owned(), pool.clone());
         Some(Upstream::Remote(pool))
     }
@@ -69,6 +94,16 @@ impl UpstreamResolver {
     /// Returns the remote pools resolved so far.
     pub fn remote_pools(&self) -> impl Iterator<Item = &RemotePool> {
         self.remote.values()
+    }
+}
+
+impl Route {
+    /// How this route calls a remote upstream.
+    pub fn call_policy(&self) -> CallPolicy {
+        CallPolicy {
+            timeout: self.timeout,
+            retries: self.retries,
+        }
     }
 }
 
@@ -96,8 +131,10 @@ pub struct Route {
     pub policy: RoutePolicy,
     /// `Cache-Control` set on successful GET responses that have none.
     pub cache_control: Option<HeaderValue>,
-    /// Time a remote upstream has to start answering.
+    /// Time a remote upstream has to start answering, per try.
     pub timeout: Duration,
+    /// Retries of idempotent, bodiless requests after gateway errors.
+    pub retries: u32,
     /// Where requests go.
     pub upstream: Upstream,
 }
@@ -202,6 +239,7 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
             .ok()
             .filter(|value| !value.is_empty()),
         timeout: config.timeout,
+        retries: config.retries,
         upstream,
     }
 }

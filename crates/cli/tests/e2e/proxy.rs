@@ -540,3 +540,74 @@ async fn sighup_reloads_routes_under_load_and_keeps_the_old_config_when_the_file
         "requests failed during reloads: {failures:?}"
     );
 }
+
+/// A dead upstream trips its breaker (configured per upstream), after which the gateway answers
+/// 503 with `Retry-After` by itself; the state shows in `/admin/upstreams` and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_opens_its_breaker_visibly() {
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let tail = "[gateway.upstreams.down.breaker]\nmin_calls = 3\nopen_duration = \"60s\"\n";
+    let (_setup, platform) = gateway_with(upstream_addr, "", tail);
+
+    // One GET: a try and two retries, all refused connections: three failed calls.
+    let first = gateway_get(&platform, "/down/x").await;
+    assert_eq!(first.status(), StatusCode::BAD_GATEWAY);
+    let refused = gateway_get(&platform, "/down/x").await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["type"],
+        "/problems/upstream-unavailable"
+    );
+    // The other upstream is not affected.
+    let fine = gateway_get(&platform, "/echo/x").await;
+    assert_eq!(fine.status(), StatusCode::OK);
+
+    let upstreams: Value = admin_get(&platform, "/admin/upstreams")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let by_service = |name: &str| {
+        upstreams["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|upstream| upstream["service"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_service("down")["breaker"], "open");
+    assert_eq!(by_service("upstream")["breaker"], "closed");
+
+    let metrics = admin_get(&platform, "/metrics").await.text().await.unwrap();
+    for expected in [
+        r#"gateway_breaker_state{upstream="down"} 1"#,
+        r#"gateway_breaker_rejections_total{upstream="down"} 1"#,
+        r#"gateway_retries_total{upstream="down",outcome="retried"} 2"#,
+        r#"gateway_breaker_transitions_total{upstream="down",state="open"} 1"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in\n{metrics}"
+        );
+    }
+}
+
+async fn gateway_get(platform: &Platform, path: &str) -> reqwest::Response {
+    platform
+        .client
+        .get(platform.url(path))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn admin_get(platform: &Platform, path: &str) -> reqwest::Response {
+    platform
+        .client
+        .get(platform.admin_url(path))
+        .send()
+        .await
+        .unwrap()
+}

@@ -284,6 +284,19 @@ fn validate_gateway(gateway: &GatewayConfig) -> Result<(), ConfigError> {
             "must be between 0 and 1",
         ));
     }
+    let outlier = &gateway.outlier;
+    if outlier.max_ejected_percent > 100 {
+        return Err(ConfigError::new(
+            "gateway.outlier.max_ejected_percent",
+            "must be between 0 and 100",
+        ));
+    }
+    if outlier.max_ejection < outlier.base_ejection {
+        return Err(ConfigError::new(
+            "gateway.outlier.max_ejection",
+            "must not be shorter than gateway.outlier.base_ejection",
+        ));
+    }
     Ok(())
 }
 

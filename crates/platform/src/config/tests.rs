@@ -126,6 +126,14 @@ fn bad_values_are_refused_by_key() {
             "gateway.routes[0].rate_limit.per_ip",
         ),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+        (
+            "[gateway.outlier]\nmax_ejected_percent = 150\n",
+            "gateway.outlier.max_ejected_percent",
+        ),
+        (
+            "[gateway.outlier]\nbase_ejection = \"10m\"\n",
+            "gateway.outlier.max_ejection",
+        ),
     ];
     for (file, key) in cases {
         let err = load_with(Some(file), &[]).unwrap_err();

@@ -129,6 +129,8 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Share of requests that may be retries.
     pub retry_budget: RetryBudgetConfig,
+    /// Passive outlier ejection of upstream instances.
+    pub outlier: OutlierConfig,
     /// The gateway response cache.
     pub cache: GatewayCacheConfig,
 }
@@ -150,6 +152,7 @@ impl Default for GatewayConfig {
             breaker: BreakerConfig::default(),
             upstreams: BTreeMap::new(),
             retry_budget: RetryBudgetConfig::default(),
+            outlier: OutlierConfig::default(),
             cache: GatewayCacheConfig::default(),
         }
     }
@@ -412,6 +415,34 @@ impl Default for RetryBudgetConfig {
         RetryBudgetConfig {
             ratio: 0.2,
             min_per_second: 10,
+        }
+    }
+}
+
+/// `[gateway.outlier]`: passive ejection of instances that keep failing (Envoy-style).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Gateway errors in a row (connection failure, timeout, 502/503/504) that eject an
+    /// instance; 0 turns ejection off.
+    pub consecutive_errors: u32,
+    /// First ejection time; the n-th ejection lasts n times as long.
+    #[serde(with = "duration")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(with = "duration")]
+    pub max_ejection: Duration,
+    /// Largest share of a pool ejected at once, in percent.
+    pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_errors: 5,
+            base_ejection: secs(30),
+            max_ejection: secs(300),
+            max_ejected_percent: 50,
         }
     }
 }
