@@ -234,18 +234,20 @@ impl RemotePool {
             )
             .into_response();
         }
-        inner.budget.record_request();
+        let start = Instant::now();
+        inner.budget.record_request(start);
         let path_and_query = request.uri().path_and_query().cloned();
         // The client sets Host from the URI; the client's Host went to X-Forwarded-Host.
         request.headers_mut().remove(http::header::HOST);
         let replay = (policy.retries > 0).then(|| Replay::of(&request)).flatten();
         let per_try = policy.timeout.min(inner.settings.breaker.timeout);
-        let deadline = Instant::now() + per_try * (policy.retries + 1);
+        let deadline = start + per_try * (policy.retries + 1);
+        let mut now = start;
         let mut first = Some(request);
         let mut retries = 0;
         let mut previous = None;
         loop {
-            let permit = match inner.breaker.acquire() {
+            let permit = match inner.breaker.acquire(now) {
                 Ok(permit) => permit,
                 Err(open_for) => return self.refuse(open_for),
             };
@@ -265,13 +267,13 @@ impl RemotePool {
             };
             *outgoing.uri_mut() = uri;
 
-            let try_timeout = per_try.min(deadline.saturating_duration_since(Instant::now()));
-            let started = Instant::now();
+            let try_timeout = per_try.min(deadline.saturating_duration_since(now));
             health.requests.fetch_add(1, Ordering::Relaxed);
             health.outstanding.fetch_add(1, Ordering::Relaxed);
             let result = tokio::time::timeout(try_timeout, inner.client.request(outgoing)).await;
             health.outstanding.fetch_sub(1, Ordering::Relaxed);
-            let elapsed = started.elapsed();
+            let finished = Instant::now();
+            let elapsed = finished - now;
             let outcome = match result {
                 Ok(Ok(response)) => Outcome::Answered(response.map(Body::new)),
                 Ok(Err(err)) => Outcome::Failed(err),
@@ -290,7 +292,7 @@ impl RemotePool {
                 Outcome::Failed(_) => (UpstreamOutcome::Error, true, true),
                 Outcome::TimedOut => (UpstreamOutcome::Timeout, true, true),
             };
-            permit.record(failed, elapsed);
+            permit.record(failed, elapsed, finished);
             crate::metrics::record_upstream(&inner.service, metric_outcome, elapsed);
             if failed {
                 health.failures.fetch_add(1, Ordering::Relaxed);
@@ -304,9 +306,9 @@ impl RemotePool {
             let may_retry = gateway_error
                 && replay.is_some()
                 && retries < policy.retries
-                && Instant::now() + BASE_BACKOFF < deadline;
+                && finished + BASE_BACKOFF < deadline;
             if may_retry {
-                if inner.budget.try_retry() {
+                if inner.budget.try_retry(finished) {
                     retries += 1;
                     crate::metrics::record_retry(&inner.service, "retried");
                     let ceiling =
@@ -314,10 +316,9 @@ impl RemotePool {
                     let pause = Duration::from_millis(fastrand::u64(
                         0..=u64::try_from(ceiling.as_millis()).unwrap_or(0),
                     ));
-                    tokio::time::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
+                    tokio::time::sleep(pause.min(deadline.saturating_duration_since(finished)))
+                        .await;
+                    now = Instant::now();
                     continue;
                 }
                 crate::metrics::record_retry(&inner.service, "budget_exhausted");

@@ -106,10 +106,10 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    /// Reports the call's outcome: `failed` for a connection error, timeout or 5xx.
-    pub fn record(mut self, failed: bool, elapsed: Duration) {
+    /// Reports the call's outcome at `now`: `failed` for a connection error, timeout or 5xx.
+    pub fn record(mut self, failed: bool, elapsed: Duration, now: Instant) {
         self.recorded = true;
-        self.breaker.record(failed, elapsed);
+        self.breaker.record(failed, elapsed, now);
     }
 }
 
@@ -155,10 +155,9 @@ impl Breaker {
         }
     }
 
-    /// Asks to make a call. `Err` carries how long the breaker stays open (for
+    /// Asks to make a call at `now`. `Err` carries how long the breaker stays open (for
     /// `Retry-After`); a half-open breaker with all its probes out also refuses.
-    pub fn acquire(&self) -> Result<Permit<'_>, Duration> {
-        let now = Instant::now();
+    pub fn acquire(&self, now: Instant) -> Result<Permit<'_>, Duration> {
         let mut inner = self.lock();
         if let Phase::Open { until } = inner.phase {
             if now < until {
@@ -185,8 +184,7 @@ impl Breaker {
         })
     }
 
-    fn record(&self, failed: bool, elapsed: Duration) {
-        let now = Instant::now();
+    fn record(&self, failed: bool, elapsed: Duration, now: Instant) {
         let slow = elapsed >= self.settings.slow_call_duration;
         let mut inner = self.lock();
         match &mut inner.phase {
@@ -285,8 +283,12 @@ impl RetryBudget {
         }
     }
 
-    fn with_current<T>(&self, act: impl FnOnce(&mut BudgetBucket, (u64, u64)) -> T) -> T {
-        let second = (Instant::now() - self.origin).as_secs();
+    fn with_current<T>(
+        &self,
+        now: Instant,
+        act: impl FnOnce(&mut BudgetBucket, (u64, u64)) -> T,
+    ) -> T {
+        let second = (now - self.origin).as_secs();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let index = usize::try_from(second % BUDGET_WINDOW_SECONDS).unwrap_or(0);
         if buckets[index].second != second {
@@ -307,14 +309,14 @@ impl RetryBudget {
         act(&mut buckets[index], totals)
     }
 
-    /// Counts one request (its first try).
-    pub fn record_request(&self) {
-        self.with_current(|bucket, _| bucket.requests += 1);
+    /// Counts one request (its first try) made at `now`.
+    pub fn record_request(&self, now: Instant) {
+        self.with_current(now, |bucket, _| bucket.requests += 1);
     }
 
-    /// Takes one retry from the budget; false when it is spent.
-    pub fn try_retry(&self) -> bool {
-        self.with_current(|bucket, (requests, retries)| {
+    /// Takes one retry from the budget at `now`; false when it is spent.
+    pub fn try_retry(&self, now: Instant) -> bool {
+        self.with_current(now, |bucket, (requests, retries)| {
             let allowed = self.ratio * requests as f64
                 + f64::from(self.min_per_second) * BUDGET_WINDOW_SECONDS as f64;
             let permitted = (retries + 1) as f64 <= allowed;
@@ -350,7 +352,10 @@ mod tests {
     const FAST: Duration = Duration::from_millis(10);
 
     fn call(breaker: &Breaker, failed: bool) {
-        breaker.acquire().unwrap().record(failed, FAST);
+        breaker
+            .acquire(Instant::now())
+            .unwrap()
+            .record(failed, FAST, Instant::now());
     }
 
     #[tokio::test(start_paused = true)]
@@ -366,7 +371,7 @@ mod tests {
         );
         call(&breaker, true);
         assert_eq!(breaker.state(), BreakerState::Open);
-        let retry_after = breaker.acquire().unwrap_err();
+        let retry_after = breaker.acquire(Instant::now()).unwrap_err();
         assert_eq!(
             retry_after,
             Duration::from_secs(10),
@@ -417,11 +422,13 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
 
         // Five probes are let through, a sixth is refused while they run.
-        let probes: Vec<_> = (0..5).map(|_| breaker.acquire().unwrap()).collect();
-        assert!(breaker.acquire().is_err());
+        let probes: Vec<_> = (0..5)
+            .map(|_| breaker.acquire(Instant::now()).unwrap())
+            .collect();
+        assert!(breaker.acquire(Instant::now()).is_err());
         // Three of five fail: 60 % >= 50 %, so it reopens.
         for (index, probe) in probes.into_iter().enumerate() {
-            probe.record(index < 3, FAST);
+            probe.record(index < 3, FAST, Instant::now());
         }
         assert_eq!(breaker.state(), BreakerState::Open);
 
@@ -444,20 +451,23 @@ mod tests {
             call(&breaker, true);
         }
         tokio::time::advance(Duration::from_secs(10)).await;
-        let probes: Vec<_> = (0..5).map(|_| breaker.acquire().unwrap()).collect();
-        assert!(breaker.acquire().is_err());
+        let probes: Vec<_> = (0..5)
+            .map(|_| breaker.acquire(Instant::now()).unwrap())
+            .collect();
+        assert!(breaker.acquire(Instant::now()).is_err());
         drop(probes);
-        assert!(breaker.acquire().is_ok());
+        assert!(breaker.acquire(Instant::now()).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn slow_calls_trip_it() {
         let breaker = Breaker::new(&settings(), quiet);
         for _ in 0..20 {
-            breaker
-                .acquire()
-                .unwrap()
-                .record(false, Duration::from_millis(2500));
+            breaker.acquire(Instant::now()).unwrap().record(
+                false,
+                Duration::from_millis(2500),
+                Instant::now(),
+            );
         }
         assert_eq!(breaker.state(), BreakerState::Open, "100 % slow");
         let breaker = Breaker::new(&settings(), quiet);
@@ -467,7 +477,10 @@ mod tests {
             } else {
                 Duration::from_secs(3)
             };
-            breaker.acquire().unwrap().record(false, elapsed);
+            breaker
+                .acquire(Instant::now())
+                .unwrap()
+                .record(false, elapsed, Instant::now());
         }
         assert_eq!(breaker.state(), BreakerState::Closed, "95 % slow < 100 %");
     }
@@ -480,10 +493,10 @@ mod tests {
         });
         let mut retries = 0;
         for _ in 0..1000 {
-            budget.record_request();
+            budget.record_request(Instant::now());
             // Every request would like two retries.
             for _ in 0..2 {
-                if budget.try_retry() {
+                if budget.try_retry(Instant::now()) {
                     retries += 1;
                 }
             }
@@ -491,7 +504,7 @@ mod tests {
         assert_eq!(retries, 200);
         // The window moves on: old requests no longer pay for retries.
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!budget.try_retry());
+        assert!(!budget.try_retry(Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]
@@ -500,7 +513,7 @@ mod tests {
             ratio: 0.0,
             min_per_second: 1,
         });
-        let granted = (0..50).filter(|_| budget.try_retry()).count();
+        let granted = (0..50).filter(|_| budget.try_retry(Instant::now())).count();
         assert_eq!(granted, 10, "one per second over the ten-second window");
     }
 }
