@@ -13,10 +13,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use logicore_catalog::CatalogService;
 use logicore_gateway::auth::{Authenticator, JwksOptions};
+use logicore_gateway::cache::ResponseCache;
 use logicore_gateway::remote::{HttpClient, PoolSettings};
 use logicore_gateway::{
-    EdgeConfig, Gateway, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable, RoutingError,
-    TrustedProxies, UpstreamResolver,
+    EdgeConfig, Gateway, GatewayAdmin, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable,
+    RoutingError, TrustedProxies, UpstreamResolver,
 };
 use logicore_platform::config::{self, Config, ConfigSource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
@@ -297,8 +298,17 @@ async fn bind_gateway(
     edge: Edge,
     metrics: Option<MetricsHandle>,
 ) -> anyhow::Result<(Vec<Served>, Reloader)> {
-    let (gateway, reloader) = gateway_router(config, source, edge.local, edge.apis)?;
-    let admin = logicore_gateway::admin_router(edge.checks, metrics, Some(reloader.live.clone()));
+    // The response cache outlives reloads (it is not part of the reloadable edge rules).
+    let cache = ResponseCache::memory(config.gateway.cache.max_bytes.0);
+    let (gateway, reloader) = gateway_router(config, source, edge.local, edge.apis, cache.clone())?;
+    let admin = logicore_gateway::admin_router(
+        edge.checks,
+        metrics,
+        Some(GatewayAdmin {
+            live: reloader.live.clone(),
+            cache: Some(cache),
+        }),
+    );
     let served = vec![
         bind("gateway", config.gateway.listen, gateway.into_service()).await?,
         bind("admin", config.admin.listen, router_service(admin)).await?,
@@ -326,6 +336,7 @@ fn gateway_router(
     source: &ConfigSource,
     local: BTreeMap<String, Router>,
     apis: Vec<utoipa::openapi::OpenApi>,
+    cache: ResponseCache,
 ) -> anyhow::Result<(Gateway, Reloader)> {
     let client = logicore_gateway::http_client();
     let live = LiveEdge::new(edge_config(config, local.clone(), client.clone())?);
@@ -345,6 +356,7 @@ fn gateway_router(
             .compression
             .enabled
             .then(|| (&config.gateway.compression).into()),
+        cache: Some(cache),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
     Ok((Gateway::new(live, openapi, settings), reloader))

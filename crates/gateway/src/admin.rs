@@ -9,14 +9,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use std::sync::atomic::Ordering;
 
 use logicore_platform::http::request_context::{AccessLog, request_context, tag_route_template};
-use logicore_platform::http::{ErrorCode, Json, Problem, extract};
+use logicore_platform::http::{ErrorCode, FieldError, Json, Problem, extract};
 use logicore_platform::telemetry::metrics::MetricsHandle;
 use serde_json::{Map, Value, json};
 
+use crate::cache::ResponseCache;
 use crate::live::LiveEdge;
 use crate::routing::{Route, Upstream};
 
@@ -54,31 +55,47 @@ impl ReadinessCheck {
     }
 }
 
+/// The gateway parts the admin API works on.
+#[derive(Debug, Clone)]
+pub struct GatewayAdmin {
+    /// The edge rules in force.
+    pub live: LiveEdge,
+    /// The response cache, for purges.
+    pub cache: Option<ResponseCache>,
+}
+
 /// What the admin listener reports on.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     checks: Arc<Vec<ReadinessCheck>>,
     metrics: Option<MetricsHandle>,
     edge: Option<LiveEdge>,
+    cache: Option<ResponseCache>,
 }
 
-/// Returns the admin router: `/health`, `/ready`, `/metrics` (when a recorder is installed)
-/// and `/admin/upstreams` (when this process runs a gateway).
+/// Returns the admin router: `/health`, `/ready`, `/metrics` (when a recorder is installed),
+/// and when this process runs a gateway `/admin/upstreams` and `POST /admin/cache/purge`.
 pub fn admin_router(
     checks: Vec<ReadinessCheck>,
     metrics: Option<MetricsHandle>,
-    edge: Option<LiveEdge>,
+    gateway: Option<GatewayAdmin>,
 ) -> Router {
+    let (edge, cache) = match gateway {
+        Some(gateway) => (Some(gateway.live), gateway.cache),
+        None => (None, None),
+    };
     let state = AdminState {
         checks: Arc::new(checks),
         metrics,
         edge,
+        cache,
     };
     Router::new()
         .route("/health", get(extract::health))
         .route("/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .route("/admin/upstreams", get(upstreams))
+        .route("/admin/cache/purge", post(purge_cache))
         .fallback(extract::not_found)
         .with_state(state)
         .route_layer(axum::middleware::from_fn(tag_route_template))
@@ -89,6 +106,42 @@ pub fn admin_router(
             },
             request_context,
         ))
+}
+
+/// `POST /admin/cache/purge` body: entries to remove by `Cache-Tag` and/or by target.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    /// Tags services put in `Cache-Tag`.
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Request targets (path and query, e.g. `/api/v1/products?limit=10`), any method or coding.
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// Removes cached responses; answers `{"purged": n}`.
+async fn purge_cache(
+    State(state): State<AdminState>,
+    Json(request): Json<PurgeRequest>,
+) -> Response {
+    let Some(cache) = &state.cache else {
+        return Problem::new(
+            ErrorCode::NotFound,
+            "this process runs no gateway response cache",
+        )
+        .into_response();
+    };
+    if request.tags.is_empty() && request.keys.is_empty() {
+        return Problem::validation(vec![FieldError::new(
+            "/tags",
+            "give at least one tag (or key in `keys`)",
+        )])
+        .into_response();
+    }
+    let purged = cache.purge_tags(&request.tags) + cache.purge_targets(&request.keys);
+    tracing::info!(tags = ?request.tags, keys = ?request.keys, purged, "cache purged");
+    Json(json!({ "purged": purged })).into_response()
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> Response {

@@ -32,7 +32,8 @@ pub enum Coding {
 }
 
 impl Coding {
-    fn token(self) -> &'static str {
+    /// The token of `Accept-Encoding` / `Content-Encoding`.
+    pub fn token(self) -> &'static str {
         match self {
             Coding::Br => "br",
             Coding::Zstd => "zstd",
@@ -147,6 +148,13 @@ fn parse_qvalue(text: &str) -> Option<u16> {
 pub struct Negotiated {
     coding: Coding,
     is_head: bool,
+}
+
+impl Negotiated {
+    /// The coding the response will get if it is compressible.
+    pub fn coding(self) -> Coding {
+        self.coding
+    }
 }
 
 impl CompressionSettings {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod compression;
 mod fast_gzip;
 pub mod forward;
@@ -29,7 +30,7 @@ use logicore_platform::http::request_context::{AccessLog, in_request_context, ta
 use tower::ServiceExt;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use admin::{ReadinessCheck, admin_router};
+pub use admin::{GatewayAdmin, ReadinessCheck, admin_router};
 pub use forward::TrustedProxies;
 pub use live::{EdgeConfig, LiveEdge};
 pub use remote::http_client;
@@ -49,6 +50,8 @@ pub struct GatewaySettings {
     pub access_log: bool,
     /// Response compression; `None` when `gateway.compression.enabled = false`.
     pub compression: Option<compression::CompressionSettings>,
+    /// The response cache of routes with `cache.enabled`.
+    pub cache: Option<cache::ResponseCache>,
 }
 
 /// The public listener's service: `/health`, `/openapi.json`, `/docs`, and every routed
@@ -68,7 +71,7 @@ struct GatewayInner {
     own: Router,
     max_header_bytes: usize,
     access_log: AccessLog,
-    compression: Option<compression::CompressionSettings>,
+    compression: Option<Arc<compression::CompressionSettings>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -94,6 +97,7 @@ impl Gateway {
                     live,
                     body_limit: settings.body_limit,
                     body_read_timeout: settings.body_read_timeout,
+                    cache: settings.cache,
                 },
                 own,
                 max_header_bytes: settings.max_header_bytes,
@@ -101,7 +105,7 @@ impl Gateway {
                     service: "gateway",
                     enabled: settings.access_log,
                 },
-                compression: settings.compression,
+                compression: settings.compression.map(Arc::new),
             }),
         }
     }
@@ -114,23 +118,21 @@ impl Gateway {
             if let Err(problem) = proxy::edge_checks(&parts, inner.max_header_bytes) {
                 return problem.into_response();
             }
-            let negotiated = inner
+            let compression = inner
                 .compression
                 .as_ref()
-                .map(|settings| settings.negotiate(&parts));
-            let own = is_own_path(parts.uri.path());
+                .map(|settings| (Arc::clone(settings), settings.negotiate(&parts)));
             let request = Request::from_parts(parts, body);
-            let response = if own {
-                match inner.own.clone().oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            } else {
-                proxy::proxy(&inner.proxy, request).await
+            if !is_own_path(request.uri().path()) {
+                return proxy::proxy(&inner.proxy, request, compression).await;
+            }
+            let response = match inner.own.clone().oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
             };
-            match (&inner.compression, negotiated) {
-                (Some(settings), Some(negotiated)) => settings.apply(negotiated, response).await,
-                _ => response,
+            match compression {
+                Some((settings, negotiated)) => settings.apply(negotiated, response).await,
+                None => response,
             }
         })
         .await

@@ -19,8 +19,15 @@ pub const RETRIES: &str = "gateway_retries_total";
 /// Instances ejected, by upstream and instance.
 pub const EJECTIONS: &str = "gateway_outlier_ejections_total";
 
+/// Response cache decisions by result (`hit`, `miss`, `stale`, `bypass`).
+pub const CACHE_RESULTS: &str = "gateway_cache_requests_total";
+
 /// Describes the gateway metrics (call once after the recorder is installed).
 pub fn describe() {
+    metrics::describe_counter!(
+        CACHE_RESULTS,
+        "Requests to cached routes by how the response cache answered (hit, miss, stale, bypass)."
+    );
     metrics::describe_gauge!(
         BREAKER_STATE,
         "Circuit breaker state by upstream: 0 closed, 1 open, 2 half open."
@@ -134,4 +141,15 @@ pub fn record_retry(upstream: &str, outcome: &'static str) {
 pub fn record_ejection(upstream: &str, instance: &str) {
     metrics::counter!(EJECTIONS, "upstream" => upstream.to_owned(), "instance" => instance.to_owned())
         .increment(1);
+}
+
+/// Records how the response cache answered.
+pub fn record_cache(result: crate::cache::CacheResult) {
+    let label = match result {
+        crate::cache::CacheResult::Hit => "hit",
+        crate::cache::CacheResult::Miss => "miss",
+        crate::cache::CacheResult::Stale => "stale",
+        crate::cache::CacheResult::Bypass => "bypass",
+    };
+    metrics::counter!(CACHE_RESULTS, "result" => label).increment(1);
 }

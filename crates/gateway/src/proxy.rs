@@ -1,6 +1,9 @@
 //! The gateway's request path: route, enforce the policy, limit the body, call the upstream.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -10,9 +13,11 @@ use tower::ServiceExt;
 
 use logicore_platform::http::request_context::{ClientAddr, set_route};
 
+use crate::cache::{self, CacheKey, CacheResult, ResponseCache};
+use crate::compression::{CompressionSettings, Negotiated};
 use crate::forward;
 use crate::live::LiveEdge;
-use crate::routing::Upstream;
+use crate::routing::{Route, Upstream};
 use crate::{hygiene, policy, slow_body};
 
 /// What the proxy handler needs; cheap to clone.
@@ -24,6 +29,8 @@ pub struct ProxyState {
     pub body_limit: usize,
     /// Time a client has to send its whole body.
     pub body_read_timeout: std::time::Duration,
+    /// The response cache of routes with `cache.enabled` (kept across reloads).
+    pub cache: Option<ResponseCache>,
 }
 
 /// Refuses oversized header blocks and malformed paths before anything routes them.
@@ -32,8 +39,11 @@ pub fn edge_checks(parts: &http::request::Parts, max_header_bytes: usize) -> Res
     hygiene::check_path(parts.uri.path())
 }
 
-/// Routes one request to its upstream.
-pub async fn proxy(state: &ProxyState, request: Request) -> Response {
+/// Response compression as the request negotiated it.
+pub type Compression = Option<(Arc<CompressionSettings>, Negotiated)>;
+
+/// Routes one request to its upstream; the response is compressed as negotiated.
+pub async fn proxy(state: &ProxyState, request: Request, compression: Compression) -> Response {
     let (mut parts, body) = request.into_parts();
     let edge = state.live.current();
     let Some(route) = edge.table.find(parts.uri.path()) else {
@@ -53,8 +63,22 @@ pub async fn proxy(state: &ProxyState, request: Request) -> Response {
     if let Err(refusal) = policy::enforce(&route.policy, &mut parts, &edge.authenticator).await {
         return refusal;
     }
+    // A local service names its own template; otherwise the prefix's stands.
+    let route = Arc::clone(route);
+    let bodiless = http_body::Body::is_end_stream(&body);
+    forward::strip_hop_by_hop(&mut parts.headers);
+    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
+        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
+    }
+    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+    if let (Some(cache), Some(ttl), true, true) = (&state.cache, route.cache, is_read, bodiless) {
+        let response = cached(cache, route.clone(), parts, ttl, compression).await;
+        set_route(&route.template);
+        return response;
+    }
+
     // A request without a body (most reads) has nothing to limit or to wait for.
-    let (body, body_timed_out) = if http_body::Body::is_end_stream(&body) {
+    let (body, body_timed_out) = if bodiless {
         (body, slow_body::TimedOut::default())
     } else {
         match hygiene::limit_body(&parts, body, state.body_limit) {
@@ -62,25 +86,7 @@ pub async fn proxy(state: &ProxyState, request: Request) -> Response {
             Err(problem) => return problem.into_response(),
         }
     };
-    forward::strip_hop_by_hop(&mut parts.headers);
-    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
-        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
-    }
-    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
-    let request = Request::from_parts(parts, body);
-    let mut response = match &route.upstream {
-        Upstream::Local(router) => {
-            let started = std::time::Instant::now();
-            let response = call_local(router.clone(), request).await;
-            crate::metrics::record_upstream(
-                &route.service,
-                crate::metrics::UpstreamOutcome::Status(response.status()),
-                started.elapsed(),
-            );
-            response
-        }
-        Upstream::Remote(pool) => pool.forward(request, route.call_policy()).await,
-    };
+    let response = call_upstream(&route, Request::from_parts(parts, body)).await;
     if body_timed_out.happened() {
         let mut refused = Problem::new(
             ErrorCode::RequestTimeout,
@@ -92,8 +98,87 @@ pub async fn proxy(state: &ProxyState, request: Request) -> Response {
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         return refused;
     }
-    // A local service has named its own template by now; otherwise the prefix's stands.
     set_route(&route.template);
+    finish(&route, is_read, response, &compression).await
+}
+
+/// Serves a bodiless read of a cached route through the response cache.
+async fn cached(
+    cache: &ResponseCache,
+    route: Arc<Route>,
+    parts: http::request::Parts,
+    ttl: std::time::Duration,
+    compression: Compression,
+) -> Response {
+    if cache::bypasses(&parts.headers) {
+        let response = call_upstream(&route, Request::from_parts(parts, Body::empty())).await;
+        let mut response = finish(&route, true, response, &compression).await;
+        response.headers_mut().remove(&cache::CACHE_TAG);
+        cache::tag(&mut response, CacheResult::Bypass);
+        return response;
+    }
+    let key = CacheKey {
+        method: parts.method.clone(),
+        target: parts.uri.path_and_query().map_or_else(
+            || parts.uri.path().to_owned(),
+            |target| target.as_str().to_owned(),
+        ),
+        coding: compression
+            .as_ref()
+            .map_or("identity", |(_, negotiated)| negotiated.coding().token()),
+    };
+    let template = Arc::new(parts);
+    let fetch = {
+        let template = Arc::clone(&template);
+        move || {
+            let (route, template, compression) = (
+                Arc::clone(&route),
+                Arc::clone(&template),
+                compression.clone(),
+            );
+            async move {
+                let response = call_upstream(&route, replay(&template)).await;
+                finish(&route, true, response, &compression).await
+            }
+        }
+    };
+    cache.serve(key, &template.headers, ttl, fetch).await
+}
+
+/// A bodiless request like the one `parts` describe (extensions are not carried over).
+fn replay(parts: &http::request::Parts) -> Request {
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
+}
+
+/// Calls the route's upstream: the in-process router or the remote pool.
+async fn call_upstream(route: &Route, request: Request) -> Response {
+    match &route.upstream {
+        Upstream::Local(router) => {
+            let started = std::time::Instant::now();
+            let response = call_local(router.clone(), request).await;
+            crate::metrics::record_upstream(
+                &route.service,
+                crate::metrics::UpstreamOutcome::Status(response.status()),
+                started.elapsed(),
+            );
+            response
+        }
+        Upstream::Remote(pool) => pool.forward(request, route.call_policy()).await,
+    }
+}
+
+/// The route's `Cache-Control` on successful reads that have none, then compression.
+async fn finish(
+    route: &Route,
+    is_read: bool,
+    mut response: Response,
+    compression: &Compression,
+) -> Response {
     if let Some(cache_control) = &route.cache_control
         && is_read
         && response.status().is_success()
@@ -103,7 +188,10 @@ pub async fn proxy(state: &ProxyState, request: Request) -> Response {
             .headers_mut()
             .insert(header::CACHE_CONTROL, cache_control.clone());
     }
-    response
+    match compression {
+        Some((settings, negotiated)) => settings.apply(*negotiated, response).await,
+        None => response,
+    }
 }
 
 async fn call_local(router: axum::Router, request: Request) -> Response {

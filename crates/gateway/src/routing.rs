@@ -6,6 +6,7 @@
 //! `/api/v1/productsx`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -135,6 +136,8 @@ pub struct Route {
     pub timeout: Duration,
     /// Retries of idempotent, bodiless requests after gateway errors.
     pub retries: u32,
+    /// Response cache: `Some(ttl)` when enabled (`ttl` = freshness of responses with none).
+    pub cache: Option<Duration>,
     /// Where requests go.
     pub upstream: Upstream,
 }
@@ -157,7 +160,7 @@ pub enum RoutingError {
 /// The routes of one gateway, longest prefix first.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
 }
 
 impl RouteTable {
@@ -199,20 +202,20 @@ impl RouteTable {
                 route_from(config, upstream),
             );
         }
-        let mut routes: Vec<Route> = by_prefix.into_values().collect();
+        let mut routes: Vec<Arc<Route>> = by_prefix.into_values().map(Arc::new).collect();
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Ok(RouteTable { routes })
     }
 
     /// Returns the route for `path`, if any.
-    pub fn find(&self, path: &str) -> Option<&Route> {
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes
             .iter()
             .find(|route| prefix_matches(&route.prefix, path))
     }
 
     /// Returns every route (longest prefix first).
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 }
@@ -240,6 +243,7 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
             .filter(|value| !value.is_empty()),
         timeout: config.timeout,
         retries: config.retries,
+        cache: config.cache.enabled.then_some(config.cache.ttl),
         upstream,
     }
 }

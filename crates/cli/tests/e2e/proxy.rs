@@ -31,11 +31,26 @@ async fn start_upstream(gate: Arc<Notify>) -> SocketAddr {
             }),
         )
         .route("/stream", get(move || stream(Arc::clone(&gate))))
-        .route("/big", get(big_json));
+        .route("/big", get(big_json))
+        .route("/cached", get(counted));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
+}
+
+/// Counts its calls (over every upstream of the test binary: compare differences) and says
+/// who asked; tagged for purges, with no freshness of its own.
+async fn counted(headers: HeaderMap) -> impl IntoResponse {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let auth = headers
+        .get("authorization")
+        .map(|value| value.to_str().unwrap().to_owned());
+    (
+        [("cache-tag", "products")],
+        axum::Json(json!({"call": call, "auth": auth})),
+    )
 }
 
 async fn echo(uri: Uri, headers: HeaderMap) -> axum::Json<Value> {
@@ -610,4 +625,80 @@ async fn admin_get(platform: &Platform, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// A cached route: MISS then HIT with `Age`, credentials bypass the cache and their response
+/// is never served to anyone else, the coding is part of the key, purges by tag work from the
+/// admin API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_route_hits_bypasses_credentials_and_purges_by_tag() {
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let tail = "[[gateway.routes]]\nprefix = \"/cached\"\nservice = \"upstream\"\nauth = \"none\"\n\
+                cache = { enabled = true, ttl = \"60s\" }\n";
+    let (_setup, platform) = gateway_with(upstream_addr, "", tail);
+    let fetch = |auth: Option<&'static str>, coding: Option<&'static str>| {
+        let mut request = platform.client.get(platform.url("/cached"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        if let Some(coding) = coding {
+            request = request.header("accept-encoding", coding);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+            assert!(!response.headers().contains_key("cache-tag"));
+            let has_age = response.headers().contains_key("age");
+            let body: Value = response.json().await.unwrap();
+            (body, x_cache, has_age)
+        }
+    };
+
+    let (first, x_cache, _) = fetch(None, None).await;
+    assert_eq!(x_cache, "MISS");
+    let (again, x_cache, has_age) = fetch(None, None).await;
+    assert_eq!((&again, x_cache.as_str(), has_age), (&first, "HIT", true));
+
+    let (alice, x_cache, _) = fetch(Some("Bearer alice"), None).await;
+    assert_eq!(x_cache, "BYPASS");
+    assert_eq!(alice["auth"], "Bearer alice");
+    let (anonymous, x_cache, _) = fetch(None, None).await;
+    assert_eq!((&anonymous, x_cache.as_str()), (&first, "HIT"));
+    let (bob, _, _) = fetch(Some("Bearer bob"), None).await;
+    assert_eq!(bob["auth"], "Bearer bob", "never alice's response");
+
+    let (gzip_variant, x_cache, _) = fetch(None, Some("gzip")).await;
+    assert_eq!(x_cache, "MISS", "another coding is another entry");
+    assert_ne!(gzip_variant["call"], first["call"]);
+
+    let purge = |body: Value| {
+        platform
+            .client
+            .post(platform.admin_url("/admin/cache/purge"))
+            .json(&body)
+            .send()
+    };
+    let purged = purge(json!({"tags": ["products"]})).await.unwrap();
+    assert_eq!(purged.status(), StatusCode::OK);
+    assert_eq!(purged.json::<Value>().await.unwrap(), json!({"purged": 2}));
+    let (_, x_cache, _) = fetch(None, None).await;
+    assert_eq!(x_cache, "MISS", "purged");
+    let purged = purge(json!({"keys": ["/cached"]})).await.unwrap();
+    assert_eq!(purged.json::<Value>().await.unwrap(), json!({"purged": 1}));
+
+    let refused = purge(json!({})).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused = purge(json!({"tag": ["x"]})).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::BAD_REQUEST,
+        "unknown field named"
+    );
+
+    let metrics = admin_get(&platform, "/metrics").await.text().await.unwrap();
+    for result in ["hit", "miss", "bypass"] {
+        let line = format!("gateway_cache_requests_total{{result=\"{result}\"}}");
+        assert!(metrics.contains(&line), "missing {line}");
+    }
 }

@@ -1,0 +1,581 @@
+//! The gateway's shared response cache for GET and HEAD (RFC 9111, the parts a reverse proxy
+//! needs).
+//!
+//! - Freshness from the upstream's `Cache-Control` (`s-maxage`, else `max-age`), else the
+//!   route's TTL; `no-store`, `private`, `no-cache`, `Vary: *` and `Set-Cookie` responses are
+//!   not stored; `stale-while-revalidate` serves a stale entry while one background refresh
+//!   runs; `stale-if-error` serves it when the upstream fails.
+//! - The key is method, path, query and the negotiated content coding; `Vary`-named request
+//!   headers must match the stored ones.
+//! - Concurrent misses for one key make one upstream call: the first request fetches, the
+//!   others wait for it and are served what it stored.
+//! - Requests with credentials (`Authorization`) and requests asking `no-cache`/`no-store`
+//!   bypass the cache, so one user's response is never served to another.
+//! - Services tag responses with `Cache-Tag: a, b`; entries are purged by tag or by target
+//!   (`POST /admin/cache/purge`). `x-cache: HIT|MISS|STALE|BYPASS` and `Age` say what happened.
+//!
+//! The memory backend is bounded by `gateway.cache.max_bytes` (moka, weighed by size).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use logicore_platform::http::{ErrorCode, Problem};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// `x-cache`, saying how the cache answered.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// The header services tag responses with, for purges.
+pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// Largest body stored; larger responses pass through.
+const MAX_ENTRY_BYTES: u64 = 8 << 20;
+
+/// How the cache answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served from a fresh entry.
+    Hit,
+    /// Fetched from the upstream (and stored when storable).
+    Miss,
+    /// Served from an expired entry (while revalidating, or because the upstream failed).
+    Stale,
+    /// Not eligible (credentials, `no-cache` request): straight to the upstream.
+    Bypass,
+}
+
+impl CacheResult {
+    /// The `x-cache` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Stale => "STALE",
+            CacheResult::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// What identifies a cached response.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// GET or HEAD.
+    pub method: Method,
+    /// Path and query.
+    pub target: String,
+    /// The negotiated content coding (`identity`, `gzip`, ...).
+    pub coding: &'static str,
+}
+
+/// `Cache-Control` directives that matter here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `no-store`.
+    pub no_store: bool,
+    /// `no-cache` (a stored response must be revalidated; we simply do not store it).
+    pub no_cache: bool,
+    /// `private`.
+    pub private: bool,
+    /// `max-age` in seconds.
+    pub max_age: Option<u64>,
+    /// `s-maxage` in seconds (for shared caches, wins over `max-age`).
+    pub s_maxage: Option<u64>,
+    /// `stale-while-revalidate` in seconds.
+    pub stale_while_revalidate: Option<u64>,
+    /// `stale-if-error` in seconds.
+    pub stale_if_error: Option<u64>,
+}
+
+impl CacheControl {
+    /// Parses every `Cache-Control` header of `headers`; unknown directives are ignored.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut parsed = CacheControl::default();
+        let directives = headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','));
+        for directive in directives {
+            let (name, argument) = match directive.split_once('=') {
+                Some((name, argument)) => (name, Some(argument.trim().trim_matches('"'))),
+                None => (directive, None),
+            };
+            let seconds = || argument.and_then(|text| text.parse::<u64>().ok());
+            match name.trim().to_ascii_lowercase().as_str() {
+                "no-store" => parsed.no_store = true,
+                "no-cache" => parsed.no_cache = true,
+                "private" => parsed.private = true,
+                "max-age" => parsed.max_age = seconds(),
+                "s-maxage" => parsed.s_maxage = seconds(),
+                "stale-while-revalidate" => parsed.stale_while_revalidate = seconds(),
+                "stale-if-error" => parsed.stale_if_error = seconds(),
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// One stored response.
+#[derive(Debug)]
+struct Entry {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    stored_at: Instant,
+    /// `Age` the upstream already gave it.
+    initial_age: Duration,
+    fresh_for: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    /// The `Vary`-named request headers and their values when stored.
+    vary: Vec<(HeaderName, Option<HeaderValue>)>,
+    tags: Vec<String>,
+}
+
+impl Entry {
+    fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    fn matches(&self, request: &HeaderMap) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request.get(name) == value.as_ref())
+    }
+
+    fn response(&self, result: CacheResult, now: Instant) -> Response {
+        let mut response = Response::new(Body::from(self.body.clone()));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers.clone();
+        response
+            .headers_mut()
+            .insert(header::AGE, HeaderValue::from(self.age(now).as_secs()));
+        tag(&mut response, result);
+        response
+    }
+
+    fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        u32::try_from(self.body.len() + headers + 256).unwrap_or(u32::MAX)
+    }
+}
+
+/// Sets `x-cache` on a response.
+pub fn tag(response: &mut Response, result: CacheResult) {
+    response
+        .headers_mut()
+        .insert(X_CACHE.clone(), HeaderValue::from_static(result.as_str()));
+    crate::metrics::record_cache(result);
+}
+
+/// The response cache; cheap to clone.
+#[derive(Clone)]
+pub struct ResponseCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    /// Keys being fetched; followers wait for the sender to go away.
+    in_flight: Mutex<HashMap<CacheKey, watch::Sender<()>>>,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ResponseCache")
+            .field("entries", &self.inner.entries.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks a key as being fetched; dropping it wakes the requests waiting for it.
+struct Fetching {
+    cache: ResponseCache,
+    key: CacheKey,
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.cache.in_flight().remove(&self.key);
+    }
+}
+
+impl ResponseCache {
+    /// An in-memory cache holding at most `max_bytes` of responses.
+    pub fn memory(max_bytes: u64) -> Self {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
+            .build();
+        ResponseCache {
+            inner: Arc::new(Inner {
+                entries,
+                in_flight: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, watch::Sender<()>>> {
+        self.inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims the fetch of `key`: `Ok` when this caller fetches, `Err` with a receiver that
+    /// wakes when whoever fetches is done.
+    fn claim(&self, key: &CacheKey) -> Result<Fetching, watch::Receiver<()>> {
+        let mut in_flight = self.in_flight();
+        if let Some(sender) = in_flight.get(key) {
+            return Err(sender.subscribe());
+        }
+        in_flight.insert(key.clone(), watch::channel(()).0);
+        Ok(Fetching {
+            cache: self.clone(),
+            key: key.clone(),
+        })
+    }
+
+    fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
+        self.inner
+            .entries
+            .get(key)
+            .filter(|entry| entry.matches(request))
+    }
+
+    /// Answers a GET or HEAD from the cache or through `fetch` (the upstream call, compressed
+    /// as negotiated). `route_ttl` is the freshness of responses that carry none. `fetch` may
+    /// run again in the background to revalidate a stale entry.
+    pub async fn serve<F, Fut>(
+        &self,
+        key: CacheKey,
+        request: &HeaderMap,
+        route_ttl: Duration,
+        fetch: F,
+    ) -> Response
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let now = Instant::now();
+        let mut stale_if_error = None;
+        if let Some(entry) = self.lookup(&key, request) {
+            let age = entry.age(now);
+            if age < entry.fresh_for {
+                return entry.response(CacheResult::Hit, now);
+            }
+            let expired_for = age - entry.fresh_for;
+            if expired_for < entry.stale_while_revalidate {
+                if let Ok(fetching) = self.claim(&key) {
+                    let cache = self.clone();
+                    let request = request.clone();
+                    tokio::spawn(async move {
+                        let response = fetch().await;
+                        cache.store(&key, &request, route_ttl, response).await;
+                        drop(fetching);
+                    });
+                }
+                return entry.response(CacheResult::Stale, now);
+            }
+            if expired_for < entry.stale_if_error {
+                stale_if_error = Some(entry);
+            }
+        }
+
+        let fetching = match self.claim(&key) {
+            Ok(fetching) => fetching,
+            Err(mut done) => {
+                // Another request is fetching this key: wait for it, then use what it stored.
+                // If it stored nothing usable, fetch without coalescing.
+                let _ = done.changed().await;
+                let now = Instant::now();
+                if let Some(entry) = self.lookup(&key, request)
+                    && entry.age(now) < entry.fresh_for
+                {
+                    return entry.response(CacheResult::Hit, now);
+                }
+                let mut response = fetch().await;
+                tag(&mut response, CacheResult::Miss);
+                return response;
+            }
+        };
+        let response = fetch().await;
+        let failed = response.status().is_server_error();
+        if failed && let Some(entry) = stale_if_error {
+            drop(fetching);
+            return entry.response(CacheResult::Stale, Instant::now());
+        }
+        let response = self.store(&key, request, route_ttl, response).await;
+        drop(fetching);
+        response
+    }
+
+    /// Stores `response` when it may be stored, and returns it (tagged `MISS`).
+    async fn store(
+        &self,
+        key: &CacheKey,
+        request: &HeaderMap,
+        route_ttl: Duration,
+        response: Response,
+    ) -> Response {
+        let Some(plan) = storable(&response, request, route_ttl) else {
+            let mut response = response;
+            response.headers_mut().remove(&CACHE_TAG);
+            tag(&mut response, CacheResult::Miss);
+            return response;
+        };
+        let (mut parts, body) = response.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                tracing::warn!(error = %error, "upstream body failed; nothing cached");
+                let mut response =
+                    Problem::new(ErrorCode::BadGateway, "the upstream response body failed")
+                        .into_response();
+                tag(&mut response, CacheResult::Miss);
+                return response;
+            }
+        };
+        let tags = take_tags(&mut parts.headers);
+        let initial_age = parts
+            .headers
+            .get(header::AGE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        parts.headers.remove(header::AGE);
+        let entry = Arc::new(Entry {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            stored_at: Instant::now(),
+            initial_age,
+            fresh_for: plan.fresh_for,
+            stale_while_revalidate: plan.stale_while_revalidate,
+            stale_if_error: plan.stale_if_error,
+            vary: plan.vary,
+            tags,
+        });
+        self.inner.entries.insert(key.clone(), Arc::clone(&entry));
+        entry.response(CacheResult::Miss, Instant::now())
+    }
+
+    /// Removes every entry tagged with one of `tags`; returns how many.
+    pub fn purge_tags(&self, tags: &[String]) -> usize {
+        self.purge_where(|_, entry| entry.tags.iter().any(|tag| tags.contains(tag)))
+    }
+
+    /// Removes every entry of one of `targets` (path and query, any method or coding);
+    /// returns how many.
+    pub fn purge_targets(&self, targets: &[String]) -> usize {
+        self.purge_where(|key, _| targets.contains(&key.target))
+    }
+
+    fn purge_where(&self, matches: impl Fn(&CacheKey, &Entry) -> bool) -> usize {
+        let doomed: Vec<Arc<CacheKey>> = self
+            .inner
+            .entries
+            .iter()
+            .filter(|(key, entry)| matches(key, entry))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &doomed {
+            self.inner.entries.invalidate(key.as_ref());
+        }
+        doomed.len()
+    }
+}
+
+/// How a storable response is kept.
+struct Plan {
+    fresh_for: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    vary: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+/// Decides whether a response may be stored by a shared cache, and for how long.
+fn storable(response: &Response, request: &HeaderMap, route_ttl: Duration) -> Option<Plan> {
+    let status = response.status();
+    // Statuses cacheable by default (RFC 9110 §15.1) that a proxy would keep.
+    if !matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 410
+    ) {
+        return None;
+    }
+    let headers = response.headers();
+    let control = CacheControl::parse(headers);
+    if control.no_store || control.private || control.no_cache {
+        return None;
+    }
+    if headers.contains_key(header::SET_COOKIE) {
+        return None;
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    // Only complete bodies of known, bounded size are buffered.
+    if length.is_none_or(|length| length > MAX_ENTRY_BYTES) {
+        return None;
+    }
+    let mut vary = Vec::new();
+    for name in headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        if name == "*" {
+            return None;
+        }
+        let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        // The coding is part of the key already.
+        if name != header::ACCEPT_ENCODING {
+            let value = request.get(&name).cloned();
+            vary.push((name, value));
+        }
+    }
+    let fresh_for = control
+        .s_maxage
+        .or(control.max_age)
+        .map_or(route_ttl, Duration::from_secs);
+    let seconds = |value: Option<u64>| value.map_or(Duration::ZERO, Duration::from_secs);
+    let stale_while_revalidate = seconds(control.stale_while_revalidate);
+    let stale_if_error = seconds(control.stale_if_error);
+    if fresh_for.is_zero() && stale_while_revalidate.is_zero() && stale_if_error.is_zero() {
+        return None;
+    }
+    Some(Plan {
+        fresh_for,
+        stale_while_revalidate,
+        stale_if_error,
+        vary,
+    })
+}
+
+/// Takes the `Cache-Tag` header off a response (it is for the gateway, not for clients).
+fn take_tags(headers: &mut HeaderMap) -> Vec<String> {
+    let tags = headers
+        .get_all(&CACHE_TAG)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|tag| !tag.is_empty())
+        .map(str::to_owned)
+        .collect();
+    headers.remove(&CACHE_TAG);
+    tags
+}
+
+/// Returns true when a request must not be answered from (or stored in) the shared cache:
+/// it carries credentials, or asks for a fresh answer.
+pub fn bypasses(request: &HeaderMap) -> bool {
+    if request.contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    let control = CacheControl::parse(request);
+    control.no_cache || control.no_store
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn cache_control_directives_are_parsed() {
+        let parsed = CacheControl::parse(&headers(&[
+            ("cache-control", "public, max-age=60, s-maxage=\"120\""),
+            (
+                "cache-control",
+                "Stale-While-Revalidate=30, stale-if-error=600",
+            ),
+        ]));
+        assert_eq!(parsed.max_age, Some(60));
+        assert_eq!(parsed.s_maxage, Some(120));
+        assert_eq!(parsed.stale_while_revalidate, Some(30));
+        assert_eq!(parsed.stale_if_error, Some(600));
+        assert!(!parsed.no_store && !parsed.private);
+        let parsed = CacheControl::parse(&headers(&[("cache-control", "private, no-store")]));
+        assert!(parsed.no_store && parsed.private);
+    }
+
+    fn response(pairs: &[(&'static str, &str)]) -> Response {
+        let mut response = Response::new(Body::from("{}"));
+        *response.headers_mut() = headers(pairs);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(2));
+        response
+    }
+
+    #[test]
+    fn what_a_shared_cache_may_store() {
+        let none = HeaderMap::new();
+        let ttl = Duration::from_secs(5);
+        let fresh = |pairs: &[(&'static str, &str)], ttl| {
+            storable(&response(pairs), &none, ttl).map(|plan| plan.fresh_for)
+        };
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60")], ttl),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60, s-maxage=10")], ttl),
+            Some(Duration::from_secs(10)),
+            "s-maxage wins for a shared cache"
+        );
+        assert_eq!(
+            fresh(&[], ttl),
+            Some(ttl),
+            "the route TTL when none is given"
+        );
+        assert_eq!(fresh(&[], Duration::ZERO), None, "no freshness at all");
+        for refused in [
+            "no-store",
+            "private, max-age=60",
+            "no-cache",
+            "max-age=60, no-store",
+        ] {
+            assert_eq!(fresh(&[("cache-control", refused)], ttl), None, "{refused}");
+        }
+        assert_eq!(fresh(&[("set-cookie", "a=b")], ttl), None);
+        assert_eq!(fresh(&[("vary", "*")], ttl), None);
+        let mut streamed = response(&[]);
+        streamed.headers_mut().remove(header::CONTENT_LENGTH);
+        assert!(storable(&streamed, &none, ttl).is_none(), "unknown length");
+    }
+
+    #[test]
+    fn credentials_and_no_cache_requests_bypass() {
+        assert!(bypasses(&headers(&[("authorization", "Bearer x")])));
+        assert!(bypasses(&headers(&[("cache-control", "no-cache")])));
+        assert!(!bypasses(&headers(&[("accept", "*/*")])));
+    }
+}
