@@ -14,11 +14,13 @@ use axum::routing::get;
 use logicore_catalog::CatalogService;
 use logicore_gateway::auth::{Authenticator, JwksOptions};
 use logicore_gateway::cache::ResponseCache;
+use logicore_gateway::ratelimit::RateLimiter;
 use logicore_gateway::remote::{HttpClient, PoolSettings};
 use logicore_gateway::{
     EdgeConfig, Gateway, GatewayAdmin, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable,
     RoutingError, TrustedProxies, UpstreamResolver,
 };
+use logicore_platform::cache::RedisStore;
 use logicore_platform::config::{self, Config, ConfigSource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
@@ -298,9 +300,17 @@ async fn bind_gateway(
     edge: Edge,
     metrics: Option<MetricsHandle>,
 ) -> anyhow::Result<(Vec<Served>, Reloader)> {
-    // The response cache outlives reloads (it is not part of the reloadable edge rules).
+    // The response cache and rate limits outlive reloads (they are not edge rules).
     let cache = ResponseCache::memory(config.gateway.cache.max_bytes.0);
-    let (gateway, reloader) = gateway_router(config, source, edge.local, edge.apis, cache.clone())?;
+    let limiter = rate_limiter(config)?;
+    let (gateway, reloader) = gateway_router(
+        config,
+        source,
+        edge.local,
+        edge.apis,
+        cache.clone(),
+        limiter,
+    )?;
     let admin = logicore_gateway::admin_router(
         edge.checks,
         metrics,
@@ -337,6 +347,7 @@ fn gateway_router(
     local: BTreeMap<String, Router>,
     apis: Vec<utoipa::openapi::OpenApi>,
     cache: ResponseCache,
+    limiter: RateLimiter,
 ) -> anyhow::Result<(Gateway, Reloader)> {
     let client = logicore_gateway::http_client();
     let live = LiveEdge::new(edge_config(config, local.clone(), client.clone())?);
@@ -357,9 +368,24 @@ fn gateway_router(
             .enabled
             .then(|| (&config.gateway.compression).into()),
         cache: Some(cache),
+        limiter,
     };
     let openapi = logicore_gateway::merged_openapi(apis);
     Ok((Gateway::new(live, openapi, settings), reloader))
+}
+
+/// Rate limits in this process, or shared by every gateway through Redis (`cache.url`).
+fn rate_limiter(config: &Config) -> anyhow::Result<RateLimiter> {
+    let url = config.cache.url.expose();
+    if url.starts_with("memory:") {
+        return Ok(RateLimiter::memory());
+    }
+    let store = RedisStore::connect(url, "logicore:")
+        .with_context(|| "config key `cache.url`: not a usable Redis URL")?;
+    Ok(RateLimiter::redis(
+        store,
+        config.gateway.rate_limit.fail_open,
+    ))
 }
 
 fn database_check(db: &Db) -> ReadinessCheck {

@@ -111,6 +111,26 @@ fn in_block(ip: IpAddr, network: IpAddr, bits: u8) -> bool {
     }
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest address
+/// in `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &TrustedProxies) -> IpAddr {
+    if !trusted.contains(peer) {
+        return canonical(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(*ip))
+        .map_or(canonical(peer), canonical)
+}
+
 /// Rewrites the forwarding headers of a request arriving from `peer`.
 pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: &TrustedProxies) {
     let believe_client = trusted.contains(peer);

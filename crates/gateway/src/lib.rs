@@ -15,6 +15,7 @@ pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod remote;
 pub mod resilience;
 pub mod routing;
@@ -52,6 +53,8 @@ pub struct GatewaySettings {
     pub compression: Option<compression::CompressionSettings>,
     /// The response cache of routes with `cache.enabled`.
     pub cache: Option<cache::ResponseCache>,
+    /// The rate limiter of routes with limits.
+    pub limiter: ratelimit::RateLimiter,
 }
 
 /// The public listener's service: `/health`, `/openapi.json`, `/docs`, and every routed
@@ -98,6 +101,7 @@ impl Gateway {
                     body_limit: settings.body_limit,
                     body_read_timeout: settings.body_read_timeout,
                     cache: settings.cache,
+                    limiter: settings.limiter,
                 },
                 own,
                 max_header_bytes: settings.max_header_bytes,

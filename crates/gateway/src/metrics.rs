@@ -22,8 +22,15 @@ pub const EJECTIONS: &str = "gateway_outlier_ejections_total";
 /// Response cache decisions by result (`hit`, `miss`, `stale`, `bypass`).
 pub const CACHE_RESULTS: &str = "gateway_cache_requests_total";
 
+/// Rate limit decisions by scope and outcome.
+pub const RATE_LIMITS: &str = "gateway_rate_limit_total";
+
 /// Describes the gateway metrics (call once after the recorder is installed).
 pub fn describe() {
+    metrics::describe_counter!(
+        RATE_LIMITS,
+        "Rate limit checks by scope (ip, user) and outcome (allowed, limited, backend_down_allowed, backend_down_refused)."
+    );
     metrics::describe_counter!(
         CACHE_RESULTS,
         "Requests to cached routes by how the response cache answered (hit, miss, stale, bypass)."
@@ -152,4 +159,9 @@ pub fn record_cache(result: crate::cache::CacheResult) {
         crate::cache::CacheResult::Bypass => "bypass",
     };
     metrics::counter!(CACHE_RESULTS, "result" => label).increment(1);
+}
+
+/// Records a rate limit decision.
+pub fn record_rate_limit(scope: &'static str, outcome: &'static str) {
+    metrics::counter!(RATE_LIMITS, "scope" => scope, "outcome" => outcome).increment(1);
 }

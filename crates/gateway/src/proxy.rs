@@ -16,7 +16,8 @@ use logicore_platform::http::request_context::{ClientAddr, set_route};
 use crate::cache::{self, CacheKey, CacheResult, ResponseCache};
 use crate::compression::{CompressionSettings, Negotiated};
 use crate::forward;
-use crate::live::LiveEdge;
+use crate::live::{EdgeConfig, LiveEdge};
+use crate::ratelimit::{self, RateLimiter};
 use crate::routing::{Route, Upstream};
 use crate::{hygiene, policy, slow_body};
 
@@ -31,6 +32,8 @@ pub struct ProxyState {
     pub body_read_timeout: std::time::Duration,
     /// The response cache of routes with `cache.enabled` (kept across reloads).
     pub cache: Option<ResponseCache>,
+    /// Checks the rate limits of routes that have some (kept across reloads).
+    pub limiter: RateLimiter,
 }
 
 /// Refuses oversized header blocks and malformed paths before anything routes them.
@@ -60,11 +63,45 @@ pub async fn proxy(state: &ProxyState, request: Request, compression: Compressio
         )
         .into_response();
     }
-    if let Err(refusal) = policy::enforce(&route.policy, &mut parts, &edge.authenticator).await {
-        return refusal;
-    }
-    // A local service names its own template; otherwise the prefix's stands.
+    let principal = match policy::enforce(&route.policy, &mut parts, &edge.authenticator).await {
+        Ok(principal) => principal,
+        Err(refusal) => return refusal,
+    };
     let route = Arc::clone(route);
+    let limits = &route.rate_limit;
+    let verdict = if limits.per_ip.is_some() || limits.per_user.is_some() {
+        let peer = parts
+            .extensions
+            .get::<ClientAddr>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| addr.0.ip());
+        let ip = forward::client_ip(&parts.headers, peer, &edge.trusted_proxies);
+        let user = principal
+            .as_ref()
+            .map(|principal| principal.subject.as_str());
+        match ratelimit::check_route(&state.limiter, &route.prefix, limits, ip, user).await {
+            Ok(verdict) => verdict,
+            Err(refusal) => return refusal,
+        }
+    } else {
+        None
+    };
+    let mut response = routed(state, &edge, route, parts, body, compression).await;
+    if let Some(verdict) = verdict {
+        verdict.set_headers(&mut response);
+    }
+    response
+}
+
+/// Sends an admitted request on: through the cache for cached reads, else to the upstream.
+async fn routed(
+    state: &ProxyState,
+    edge: &EdgeConfig,
+    route: Arc<Route>,
+    mut parts: http::request::Parts,
+    body: Body,
+    compression: Compression,
+) -> Response {
+    // A local service names its own template; otherwise the prefix's stands.
     let bodiless = http_body::Body::is_end_stream(&body);
     forward::strip_hop_by_hop(&mut parts.headers);
     if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use http::{HeaderValue, Method};
-use logicore_platform::config::{RouteAuth, RouteConfig};
+use logicore_platform::config::{RouteAuth, RouteConfig, RouteRateLimitConfig};
 use logicore_platform::discovery::Discovery;
 
 use crate::remote::{CallPolicy, HttpClient, Instance, PoolSettings, RemotePool};
@@ -138,6 +138,8 @@ pub struct Route {
     pub retries: u32,
     /// Response cache: `Some(ttl)` when enabled (`ttl` = freshness of responses with none).
     pub cache: Option<Duration>,
+    /// Rate limits per client IP and per user.
+    pub rate_limit: RouteRateLimitConfig,
     /// Where requests go.
     pub upstream: Upstream,
 }
@@ -244,6 +246,7 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
         timeout: config.timeout,
         retries: config.retries,
         cache: config.cache.enabled.then_some(config.cache.ttl),
+        rate_limit: config.rate_limit.clone(),
         upstream,
     }
 }

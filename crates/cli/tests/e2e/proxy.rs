@@ -702,3 +702,43 @@ async fn a_cached_route_hits_bypasses_credentials_and_purges_by_tag() {
         assert!(metrics.contains(&line), "missing {line}");
     }
 }
+
+/// A route limited per client IP: the limit's worth of requests with `RateLimit-*` headers
+/// counting down, then 429 problem+json with `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_route_answers_429_with_retry_after() {
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let tail = "[[gateway.routes]]\nprefix = \"/limited\"\nservice = \"upstream\"\n\
+                rate_limit = { per_ip = \"3/min\" }\n";
+    let (_setup, platform) = gateway_with(upstream_addr, "", tail);
+    for remaining in (0..3).rev() {
+        let response = gateway_get(&platform, "/limited/x").await;
+        assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["ratelimit-limit"], "3");
+        assert_eq!(
+            response.headers()["ratelimit-remaining"],
+            remaining.to_string().as_str()
+        );
+        assert!(response.headers().contains_key("ratelimit-reset"));
+    }
+    let refused = gateway_get(&platform, "/limited/x").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["type"],
+        "/problems/rate-limited"
+    );
+    // Other routes are not limited.
+    assert_eq!(
+        gateway_get(&platform, "/echo/x").await.status(),
+        StatusCode::OK
+    );
+    let metrics = admin_get(&platform, "/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"gateway_rate_limit_total{scope="ip",outcome="limited"} 1"#));
+}

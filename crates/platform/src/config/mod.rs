@@ -380,8 +380,8 @@ fn validate_backends(config: &Config) -> Result<(), ConfigError> {
     check_scheme(
         "cache.url",
         &config.cache.url,
-        &["memory"],
-        &["redis", "rediss"],
+        &["memory", "redis", "rediss"],
+        &[],
     )?;
     check_scheme(
         "bus.url",

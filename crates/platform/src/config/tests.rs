@@ -150,8 +150,16 @@ fn features_not_built_yet_say_so() {
     .unwrap_err();
     assert_eq!(err.key, "bus.url");
     assert!(err.message.contains("not yet supported"), "{}", err.message);
-    let err = load_with(Some("[cache]\nurl = \"redis://localhost\"\n"), &[]).unwrap_err();
+    let err = load_with(
+        Some("[discovery]\nurl = \"consul://localhost:8500\"\n"),
+        &[],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("not yet supported"));
+    let err = load_with(Some("[cache]\nurl = \"memcached://localhost\"\n"), &[]).unwrap_err();
+    assert_eq!(err.key, "cache.url");
+    let redis = load_with(Some("[cache]\nurl = \"redis://localhost\"\n"), &[]).unwrap();
+    assert_eq!(redis.cache.url.expose(), "redis://localhost");
 }
 
 #[test]

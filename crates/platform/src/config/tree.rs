@@ -131,6 +131,8 @@ pub struct GatewayConfig {
     pub retry_budget: RetryBudgetConfig,
     /// Passive outlier ejection of upstream instances.
     pub outlier: OutlierConfig,
+    /// Rate limiting behaviour shared by every route's limits.
+    pub rate_limit: RateLimitConfig,
     /// The gateway response cache.
     pub cache: GatewayCacheConfig,
 }
@@ -153,6 +155,7 @@ impl Default for GatewayConfig {
             upstreams: BTreeMap::new(),
             retry_budget: RetryBudgetConfig::default(),
             outlier: OutlierConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             cache: GatewayCacheConfig::default(),
         }
     }
@@ -444,6 +447,20 @@ impl Default for OutlierConfig {
             max_ejection: secs(300),
             max_ejected_percent: 50,
         }
+    }
+}
+
+/// `[gateway.rate_limit]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// When the shared backend (Redis) fails: let requests through (`true`) or answer 503.
+    pub fail_open: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { fail_open: true }
     }
 }
 
