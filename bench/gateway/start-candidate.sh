@@ -4,7 +4,8 @@
 #
 # Matches the peers' settings: one worker thread, keep-alive upstream pool, gzip level 1;
 # S1 with the access log off (like nginx), S2 with JWT verification, the role check, gzip,
-# the access log and metrics all on. Request ids and metrics are always on.
+# the access log and metrics all on. Request ids and metrics are always on. With
+# BENCH_CACHE=1 the route's response cache is on (60 s TTL): the cache-hit run.
 set -euo pipefail
 
 scenario="${BENCH_SCENARIO:?set by the harness}"
@@ -13,6 +14,8 @@ mkdir -p "$run_dir"
 port="${CANDIDATE_URL##*:}"
 
 access_log=false
+route_cache=false
+[ "${BENCH_CACHE:-0}" = "1" ] && route_cache=true
 route_auth=none
 roles='[]'
 if [ "$scenario" = "S2" ]; then
@@ -36,6 +39,7 @@ prefix = "/api"
 service = "bench-upstream"
 auth = "$route_auth"
 roles = $roles
+cache = { enabled = $route_cache, ttl = "60s" }
 
 [[gateway.auth.issuers]]
 name = "bench"

@@ -40,7 +40,7 @@ pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 const MAX_ENTRY_BYTES: u64 = 8 << 20;
 
 /// How the cache answered a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CacheResult {
     /// Served from a fresh entry.
     Hit,
@@ -173,7 +173,7 @@ impl Entry {
     }
 }
 
-/// Sets `x-cache` on a response.
+/// Sets `x-cache` on a response and counts the result.
 pub fn tag(response: &mut Response, result: CacheResult) {
     response
         .headers_mut()

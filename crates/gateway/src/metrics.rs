@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use logicore_platform::telemetry::metrics::HistogramCache;
+use logicore_platform::telemetry::metrics::{HandleCache, HistogramCache};
 
 /// Upstream round-trip time to response headers, by upstream and outcome.
 pub const UPSTREAM_DURATION: &str = "gateway_upstream_duration_seconds";
@@ -150,15 +150,28 @@ pub fn record_ejection(upstream: &str, instance: &str) {
         .increment(1);
 }
 
+thread_local! {
+    static CACHE_COUNTERS: HandleCache<crate::cache::CacheResult, metrics::Counter> =
+        HandleCache::new();
+}
+
 /// Records how the response cache answered.
 pub fn record_cache(result: crate::cache::CacheResult) {
-    let label = match result {
-        crate::cache::CacheResult::Hit => "hit",
-        crate::cache::CacheResult::Miss => "miss",
-        crate::cache::CacheResult::Stale => "stale",
-        crate::cache::CacheResult::Bypass => "bypass",
-    };
-    metrics::counter!(CACHE_RESULTS, "result" => label).increment(1);
+    CACHE_COUNTERS.with(|cache| {
+        cache.with(
+            result,
+            |result| {
+                let label = match result {
+                    crate::cache::CacheResult::Hit => "hit",
+                    crate::cache::CacheResult::Miss => "miss",
+                    crate::cache::CacheResult::Stale => "stale",
+                    crate::cache::CacheResult::Bypass => "bypass",
+                };
+                metrics::counter!(CACHE_RESULTS, "result" => label)
+            },
+            |counter| counter.increment(1),
+        );
+    });
 }
 
 /// Records a rate limit decision.

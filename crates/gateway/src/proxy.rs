@@ -95,7 +95,7 @@ pub async fn proxy(state: &ProxyState, request: Request, compression: Compressio
 /// Sends an admitted request on: through the cache for cached reads, else to the upstream.
 async fn routed(
     state: &ProxyState,
-    edge: &EdgeConfig,
+    edge: &Arc<EdgeConfig>,
     route: Arc<Route>,
     mut parts: http::request::Parts,
     body: Body,
@@ -104,15 +104,18 @@ async fn routed(
     // A local service names its own template; otherwise the prefix's stands.
     let bodiless = http_body::Body::is_end_stream(&body);
     forward::strip_hop_by_hop(&mut parts.headers);
-    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
-        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
-    }
     let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     if let (Some(cache), Some(ttl), true, true) = (&state.cache, route.cache, is_read, bodiless) {
-        let response = cached(cache, route.clone(), parts, ttl, compression).await;
+        let origin = Origin {
+            route: Arc::clone(&route),
+            edge: Arc::clone(edge),
+            compression,
+        };
+        let response = cached(cache, origin, parts, ttl).await;
         set_route(&route.template);
         return response;
     }
+    set_forwarding_headers(&mut parts, edge);
 
     // A request without a body (most reads) has nothing to limit or to wait for.
     let (body, body_timed_out) = if bodiless {
@@ -139,17 +142,46 @@ async fn routed(
     finish(&route, is_read, response, &compression).await
 }
 
-/// Serves a bodiless read of a cached route through the response cache.
+/// Sets the forwarding headers for the peer of the connection.
+fn set_forwarding_headers(parts: &mut http::request::Parts, edge: &EdgeConfig) {
+    if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>().copied() {
+        forward::set_forwarding_headers(&mut parts.headers, peer.ip(), &edge.trusted_proxies);
+    }
+}
+
+/// What a cached route fetches from; cheap to clone.
+#[derive(Clone)]
+struct Origin {
+    route: Arc<Route>,
+    edge: Arc<EdgeConfig>,
+    compression: Compression,
+}
+
+impl Origin {
+    /// Calls the upstream for a request like `parts` (with its forwarding headers).
+    async fn fetch(&self, parts: &http::request::Parts) -> Response {
+        let mut request = replay(parts);
+        if let Some(client) = parts.extensions.get::<ClientAddr>().copied() {
+            request.extensions_mut().insert(client);
+        }
+        let (mut request_parts, body) = request.into_parts();
+        set_forwarding_headers(&mut request_parts, &self.edge);
+        let request = Request::from_parts(request_parts, body);
+        let response = call_upstream(&self.route, request).await;
+        finish(&self.route, true, response, &self.compression).await
+    }
+}
+
+/// Serves a bodiless read of a cached route through the response cache. Forwarding headers
+/// are made only when the upstream is called, not for hits.
 async fn cached(
     cache: &ResponseCache,
-    route: Arc<Route>,
+    origin: Origin,
     parts: http::request::Parts,
     ttl: std::time::Duration,
-    compression: Compression,
 ) -> Response {
     if cache::bypasses(&parts.headers) {
-        let response = call_upstream(&route, Request::from_parts(parts, Body::empty())).await;
-        let mut response = finish(&route, true, response, &compression).await;
+        let mut response = origin.fetch(&parts).await;
         response.headers_mut().remove(&cache::CACHE_TAG);
         cache::tag(&mut response, CacheResult::Bypass);
         return response;
@@ -160,7 +192,8 @@ async fn cached(
             || parts.uri.path().to_owned(),
             |target| target.as_str().to_owned(),
         ),
-        coding: compression
+        coding: origin
+            .compression
             .as_ref()
             .map_or("identity", |(_, negotiated)| negotiated.coding().token()),
     };
@@ -168,15 +201,8 @@ async fn cached(
     let fetch = {
         let template = Arc::clone(&template);
         move || {
-            let (route, template, compression) = (
-                Arc::clone(&route),
-                Arc::clone(&template),
-                compression.clone(),
-            );
-            async move {
-                let response = call_upstream(&route, replay(&template)).await;
-                finish(&route, true, response, &compression).await
-            }
+            let (origin, template) = (origin.clone(), Arc::clone(&template));
+            async move { origin.fetch(&template).await }
         }
     };
     cache.serve(key, &template.headers, ttl, fetch).await

@@ -44,12 +44,18 @@ async fn start_upstream(gate: Arc<Notify>) -> SocketAddr {
 async fn counted(headers: HeaderMap) -> impl IntoResponse {
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    let auth = headers
-        .get("authorization")
-        .map(|value| value.to_str().unwrap().to_owned());
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
     (
         [("cache-tag", "products")],
-        axum::Json(json!({"call": call, "auth": auth})),
+        axum::Json(json!({
+            "call": call,
+            "auth": header("authorization"),
+            "forwarded_for": header("x-forwarded-for"),
+        })),
     )
 }
 
@@ -657,6 +663,10 @@ async fn a_cached_route_hits_bypasses_credentials_and_purges_by_tag() {
 
     let (first, x_cache, _) = fetch(None, None).await;
     assert_eq!(x_cache, "MISS");
+    assert_eq!(
+        first["forwarded_for"], "127.0.0.1",
+        "fetches carry forwarding headers"
+    );
     let (again, x_cache, has_age) = fetch(None, None).await;
     assert_eq!((&again, x_cache.as_str(), has_age), (&first, "HIT", true));
 
