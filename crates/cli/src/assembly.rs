@@ -301,8 +301,15 @@ async fn bind_gateway(
     metrics: Option<MetricsHandle>,
 ) -> anyhow::Result<(Vec<Served>, Reloader)> {
     // The response cache and rate limits outlive reloads (they are not edge rules).
-    let cache = ResponseCache::memory(config.gateway.cache.max_bytes.0);
-    let limiter = rate_limiter(config)?;
+    let redis = redis_store(config)?;
+    let cache = match &redis {
+        Some(store) => ResponseCache::redis(store.clone()),
+        None => ResponseCache::memory(config.gateway.cache.max_bytes.0),
+    };
+    let limiter = match redis {
+        Some(store) => RateLimiter::redis(store, config.gateway.rate_limit.fail_open),
+        None => RateLimiter::memory(),
+    };
     let (gateway, reloader) = gateway_router(
         config,
         source,
@@ -374,18 +381,16 @@ fn gateway_router(
     Ok((Gateway::new(live, openapi, settings), reloader))
 }
 
-/// Rate limits in this process, or shared by every gateway through Redis (`cache.url`).
-fn rate_limiter(config: &Config) -> anyhow::Result<RateLimiter> {
+/// The Redis of `cache.url`, when it names one (shared by every gateway for the response
+/// cache and rate limits).
+fn redis_store(config: &Config) -> anyhow::Result<Option<RedisStore>> {
     let url = config.cache.url.expose();
     if url.starts_with("memory:") {
-        return Ok(RateLimiter::memory());
+        return Ok(None);
     }
     let store = RedisStore::connect(url, "logicore:")
         .with_context(|| "config key `cache.url`: not a usable Redis URL")?;
-    Ok(RateLimiter::redis(
-        store,
-        config.gateway.rate_limit.fail_open,
-    ))
+    Ok(Some(store))
 }
 
 fn database_check(db: &Db) -> ReadinessCheck {

@@ -139,7 +139,7 @@ async fn purge_cache(
         )])
         .into_response();
     }
-    let purged = cache.purge_tags(&request.tags) + cache.purge_targets(&request.keys);
+    let purged = cache.purge_tags(&request.tags).await + cache.purge_targets(&request.keys).await;
     tracing::info!(tags = ?request.tags, keys = ?request.keys, purged, "cache purged");
     Json(json!({ "purged": purged })).into_response()
 }

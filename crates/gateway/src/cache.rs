@@ -14,7 +14,11 @@
 //! - Services tag responses with `Cache-Tag: a, b`; entries are purged by tag or by target
 //!   (`POST /admin/cache/purge`). `x-cache: HIT|MISS|STALE|BYPASS` and `Age` say what happened.
 //!
-//! The memory backend is bounded by `gateway.cache.max_bytes` (moka, weighed by size).
+//! The memory backend is bounded by `gateway.cache.max_bytes` (moka, weighed by size). The
+//! Redis backend (`cache.url = "redis://..."`) is shared by every gateway: entries expire
+//! when they can no longer be served, tags are sets of entry keys; a Redis that fails is a
+//! miss and the request goes to the upstream (pass-through, never an error). Concurrent
+//! misses are coalesced within each gateway.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,10 +27,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
+use logicore_platform::cache::RedisStore;
 use logicore_platform::http::{ErrorCode, Problem};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -130,7 +137,9 @@ struct Entry {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
-    stored_at: Instant,
+    /// When it was stored, in milliseconds of the cache's clock (wall time, so instances
+    /// sharing Redis agree).
+    stored_at_ms: u64,
     /// `Age` the upstream already gave it.
     initial_age: Duration,
     fresh_for: Duration,
@@ -142,8 +151,74 @@ struct Entry {
 }
 
 impl Entry {
-    fn age(&self, now: Instant) -> Duration {
-        self.initial_age + now.saturating_duration_since(self.stored_at)
+    fn age(&self, now_ms: u64) -> Duration {
+        self.initial_age + Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+    }
+
+    /// How long Redis should keep it: as long as it may be served at all.
+    fn keep_for(&self) -> Duration {
+        let stale = self.stale_while_revalidate.max(self.stale_if_error);
+        (self.fresh_for + stale).saturating_sub(self.initial_age)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let text = |bytes: &[u8]| BASE64.encode(bytes);
+        let stored = StoredEntry {
+            status: self.status.as_u16(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), text(value.as_bytes())))
+                .collect(),
+            body: text(&self.body),
+            stored_at_ms: self.stored_at_ms,
+            initial_age_ms: millis(self.initial_age),
+            fresh_ms: millis(self.fresh_for),
+            stale_while_revalidate_ms: millis(self.stale_while_revalidate),
+            stale_if_error_ms: millis(self.stale_if_error),
+            vary: self
+                .vary
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        name.as_str().to_owned(),
+                        value.as_ref().map(|value| text(value.as_bytes())),
+                    )
+                })
+                .collect(),
+            tags: self.tags.clone(),
+        };
+        serde_json::to_vec(&stored).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Entry> {
+        let stored: StoredEntry = serde_json::from_slice(bytes).ok()?;
+        let raw = |text: &str| BASE64.decode(text).ok();
+        let value = |text: &str| raw(text).and_then(|bytes| HeaderValue::from_bytes(&bytes).ok());
+        let mut headers = HeaderMap::with_capacity(stored.headers.len());
+        for (name, text) in &stored.headers {
+            headers.append(HeaderName::from_bytes(name.as_bytes()).ok()?, value(text)?);
+        }
+        let mut vary = Vec::with_capacity(stored.vary.len());
+        for (name, text) in &stored.vary {
+            let value = match text {
+                Some(text) => Some(value(text)?),
+                None => None,
+            };
+            vary.push((HeaderName::from_bytes(name.as_bytes()).ok()?, value));
+        }
+        Some(Entry {
+            status: StatusCode::from_u16(stored.status).ok()?,
+            headers,
+            body: Bytes::from(raw(&stored.body)?),
+            stored_at_ms: stored.stored_at_ms,
+            initial_age: Duration::from_millis(stored.initial_age_ms),
+            fresh_for: Duration::from_millis(stored.fresh_ms),
+            stale_while_revalidate: Duration::from_millis(stored.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(stored.stale_if_error_ms),
+            vary,
+            tags: stored.tags,
+        })
     }
 
     fn matches(&self, request: &HeaderMap) -> bool {
@@ -152,13 +227,13 @@ impl Entry {
             .all(|(name, value)| request.get(name) == value.as_ref())
     }
 
-    fn response(&self, result: CacheResult, now: Instant) -> Response {
+    fn response(&self, result: CacheResult, now_ms: u64) -> Response {
         let mut response = Response::new(Body::from(self.body.clone()));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
         response
             .headers_mut()
-            .insert(header::AGE, HeaderValue::from(self.age(now).as_secs()));
+            .insert(header::AGE, HeaderValue::from(self.age(now_ms).as_secs()));
         tag(&mut response, result);
         response
     }
@@ -172,6 +247,36 @@ impl Entry {
         u32::try_from(self.body.len() + headers + 256).unwrap_or(u32::MAX)
     }
 }
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An entry as stored in Redis (JSON; header values and body in base64).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEntry {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    stored_at_ms: u64,
+    initial_age_ms: u64,
+    fresh_ms: u64,
+    stale_while_revalidate_ms: u64,
+    stale_if_error_ms: u64,
+    vary: Vec<(String, Option<String>)>,
+    tags: Vec<String>,
+}
+
+/// Where entries live.
+enum Store {
+    /// In this process, bounded by size.
+    Memory(moka::sync::Cache<CacheKey, Arc<Entry>>),
+    /// In Redis, shared by every gateway; a Redis that fails is a miss, never an error.
+    Redis(RedisStore),
+}
+
+/// Codings a target may be stored under, for purges by target.
+const CODINGS: [&str; 4] = ["identity", "gzip", "br", "zstd"];
 
 /// Sets `x-cache` on a response and counts the result.
 pub fn tag(response: &mut Response, result: CacheResult) {
@@ -188,16 +293,23 @@ pub struct ResponseCache {
 }
 
 struct Inner {
-    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
-    /// Keys being fetched; followers wait for the sender to go away.
+    store: Store,
+    /// Keys being fetched by this gateway; followers wait for the sender to go away.
     in_flight: Mutex<HashMap<CacheKey, watch::Sender<()>>>,
+    /// Wall-clock milliseconds at `origin`, so ages advance with tokio's clock.
+    wall_at_origin_ms: u64,
+    origin: Instant,
 }
 
 impl std::fmt::Debug for ResponseCache {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = match &self.inner.store {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+        };
         formatter
             .debug_struct("ResponseCache")
-            .field("entries", &self.inner.entries.entry_count())
+            .field("store", &store)
             .finish_non_exhaustive()
     }
 }
@@ -221,12 +333,41 @@ impl ResponseCache {
             .max_capacity(max_bytes)
             .weigher(|_key: &CacheKey, entry: &Arc<Entry>| entry.weight())
             .build();
+        Self::with_store(Store::Memory(entries))
+    }
+
+    /// A cache in Redis, shared by every gateway using the same store (and key prefix).
+    pub fn redis(store: RedisStore) -> Self {
+        Self::with_store(Store::Redis(store))
+    }
+
+    fn with_store(store: Store) -> Self {
+        let wall_at_origin_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, millis);
         ResponseCache {
             inner: Arc::new(Inner {
-                entries,
+                store,
                 in_flight: Mutex::new(HashMap::new()),
+                wall_at_origin_ms,
+                origin: Instant::now(),
             }),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.wall_at_origin_ms + millis(self.inner.origin.elapsed())
+    }
+
+    fn redis_key(store: &RedisStore, key: &CacheKey) -> String {
+        store.key(&format!(
+            "respcache:{}:{}:{}",
+            key.method, key.coding, key.target
+        ))
+    }
+
+    fn tag_key(store: &RedisStore, tag: &str) -> String {
+        store.key(&format!("respcache-tag:{tag}"))
     }
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, watch::Sender<()>>> {
@@ -250,11 +391,60 @@ impl ResponseCache {
         })
     }
 
-    fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
-        self.inner
-            .entries
-            .get(key)
-            .filter(|entry| entry.matches(request))
+    async fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
+        let entry = match &self.inner.store {
+            Store::Memory(entries) => entries.get(key)?,
+            Store::Redis(store) => {
+                let name = Self::redis_key(store, key);
+                let bytes: Option<Vec<u8>> = store
+                    .run(|mut connection| async move {
+                        redis::AsyncCommands::get(&mut connection, name).await
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                Arc::new(Entry::decode(&bytes?)?)
+            }
+        };
+        entry.matches(request).then_some(entry)
+    }
+
+    async fn insert(&self, key: &CacheKey, entry: Arc<Entry>) {
+        match &self.inner.store {
+            Store::Memory(entries) => entries.insert(key.clone(), entry),
+            Store::Redis(store) => {
+                let name = Self::redis_key(store, key);
+                let keep_ms = millis(entry.keep_for()).max(1);
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(&name)
+                    .arg(entry.encode())
+                    .arg("PX")
+                    .arg(keep_ms)
+                    .ignore();
+                for tag in &entry.tags {
+                    let set = Self::tag_key(store, tag);
+                    pipe.cmd("SADD").arg(&set).arg(&name).ignore();
+                    // The tag set lives at least as long as its entries.
+                    pipe.cmd("PEXPIRE")
+                        .arg(&set)
+                        .arg(keep_ms)
+                        .arg("GT")
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(&set)
+                        .arg(keep_ms)
+                        .arg("NX")
+                        .ignore();
+                }
+                let _ =
+                    store
+                        .run(|mut connection| async move {
+                            pipe.query_async::<()>(&mut connection).await
+                        })
+                        .await;
+            }
+        }
     }
 
     /// Answers a GET or HEAD from the cache or through `fetch` (the upstream call, compressed
@@ -271,9 +461,9 @@ impl ResponseCache {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
-        let now = Instant::now();
+        let now = self.now_ms();
         let mut stale_if_error = None;
-        if let Some(entry) = self.lookup(&key, request) {
+        if let Some(entry) = self.lookup(&key, request).await {
             let age = entry.age(now);
             if age < entry.fresh_for {
                 return entry.response(CacheResult::Hit, now);
@@ -302,8 +492,8 @@ impl ResponseCache {
                 // Another request is fetching this key: wait for it, then use what it stored.
                 // If it stored nothing usable, fetch without coalescing.
                 let _ = done.changed().await;
-                let now = Instant::now();
-                if let Some(entry) = self.lookup(&key, request)
+                let now = self.now_ms();
+                if let Some(entry) = self.lookup(&key, request).await
                     && entry.age(now) < entry.fresh_for
                 {
                     return entry.response(CacheResult::Hit, now);
@@ -317,7 +507,7 @@ impl ResponseCache {
         let failed = response.status().is_server_error();
         if failed && let Some(entry) = stale_if_error {
             drop(fetching);
-            return entry.response(CacheResult::Stale, Instant::now());
+            return entry.response(CacheResult::Stale, self.now_ms());
         }
         let response = self.store(&key, request, route_ttl, response).await;
         drop(fetching);
@@ -362,7 +552,7 @@ impl ResponseCache {
             status: parts.status,
             headers: parts.headers,
             body,
-            stored_at: Instant::now(),
+            stored_at_ms: self.now_ms(),
             initial_age,
             fresh_for: plan.fresh_for,
             stale_while_revalidate: plan.stale_while_revalidate,
@@ -370,31 +560,89 @@ impl ResponseCache {
             vary: plan.vary,
             tags,
         });
-        self.inner.entries.insert(key.clone(), Arc::clone(&entry));
-        entry.response(CacheResult::Miss, Instant::now())
+        self.insert(key, Arc::clone(&entry)).await;
+        entry.response(CacheResult::Miss, self.now_ms())
     }
 
     /// Removes every entry tagged with one of `tags`; returns how many.
-    pub fn purge_tags(&self, tags: &[String]) -> usize {
-        self.purge_where(|_, entry| entry.tags.iter().any(|tag| tags.contains(tag)))
+    pub async fn purge_tags(&self, tags: &[String]) -> usize {
+        match &self.inner.store {
+            Store::Memory(entries) => Self::purge_where(entries, |_, entry| {
+                entry.tags.iter().any(|tag| tags.contains(tag))
+            }),
+            Store::Redis(store) => {
+                let mut purged = 0;
+                for tag in tags {
+                    let set = Self::tag_key(store, tag);
+                    let deleted = store
+                        .run(|mut connection| async move {
+                            let members: Vec<String> =
+                                redis::AsyncCommands::smembers(&mut connection, &set).await?;
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("DEL").arg(&members);
+                            pipe.cmd("DEL").arg(&set).ignore();
+                            let (deleted,): (usize,) = if members.is_empty() {
+                                (0,)
+                            } else {
+                                pipe.query_async(&mut connection).await?
+                            };
+                            Ok(deleted)
+                        })
+                        .await;
+                    purged += deleted.unwrap_or(0);
+                }
+                purged
+            }
+        }
     }
 
     /// Removes every entry of one of `targets` (path and query, any method or coding);
     /// returns how many.
-    pub fn purge_targets(&self, targets: &[String]) -> usize {
-        self.purge_where(|key, _| targets.contains(&key.target))
+    pub async fn purge_targets(&self, targets: &[String]) -> usize {
+        match &self.inner.store {
+            Store::Memory(entries) => {
+                Self::purge_where(entries, |key, _| targets.contains(&key.target))
+            }
+            Store::Redis(store) => {
+                let names: Vec<String> = targets
+                    .iter()
+                    .flat_map(|target| {
+                        [Method::GET, Method::HEAD]
+                            .into_iter()
+                            .flat_map(move |method| {
+                                CODINGS.into_iter().map(move |coding| CacheKey {
+                                    method: method.clone(),
+                                    target: target.clone(),
+                                    coding,
+                                })
+                            })
+                    })
+                    .map(|key| Self::redis_key(store, &key))
+                    .collect();
+                if names.is_empty() {
+                    return 0;
+                }
+                store
+                    .run(|mut connection| async move {
+                        redis::AsyncCommands::del::<_, usize>(&mut connection, names).await
+                    })
+                    .await
+                    .unwrap_or(0)
+            }
+        }
     }
 
-    fn purge_where(&self, matches: impl Fn(&CacheKey, &Entry) -> bool) -> usize {
-        let doomed: Vec<Arc<CacheKey>> = self
-            .inner
-            .entries
+    fn purge_where(
+        entries: &moka::sync::Cache<CacheKey, Arc<Entry>>,
+        matches: impl Fn(&CacheKey, &Entry) -> bool,
+    ) -> usize {
+        let doomed: Vec<Arc<CacheKey>> = entries
             .iter()
             .filter(|(key, entry)| matches(key, entry))
             .map(|(key, _)| key)
             .collect();
         for key in &doomed {
-            self.inner.entries.invalidate(key.as_ref());
+            entries.invalidate(key.as_ref());
         }
         doomed.len()
     }

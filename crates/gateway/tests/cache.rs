@@ -3,95 +3,14 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly by unwrapping")]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+mod support;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::response::Response;
-use http::{HeaderMap, HeaderValue, Method};
-use logicore_gateway::cache::{CacheKey, ResponseCache};
-
-/// An upstream answering `{"n": <call number>}` with the given headers after `delay`.
-#[derive(Clone)]
-struct Upstream {
-    calls: Arc<AtomicUsize>,
-    status: Arc<AtomicU16>,
-    headers: Arc<Vec<(&'static str, &'static str)>>,
-    delay: Duration,
-}
-
-impl Upstream {
-    fn new(headers: &[(&'static str, &'static str)]) -> Self {
-        Upstream {
-            calls: Arc::new(AtomicUsize::new(0)),
-            status: Arc::new(AtomicU16::new(200)),
-            headers: Arc::new(headers.to_vec()),
-            delay: Duration::from_millis(50),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    fn fetch(
-        &self,
-    ) -> impl Fn() -> futures_util::future::BoxFuture<'static, Response> + Send + Sync + 'static
-    {
-        let upstream = self.clone();
-        move || {
-            let upstream = upstream.clone();
-            Box::pin(async move {
-                let call = upstream.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::time::sleep(upstream.delay).await;
-                let body = format!("{{\"n\":{call}}}");
-                let mut response = Response::new(Body::from(body.clone()));
-                *response.status_mut() =
-                    http::StatusCode::from_u16(upstream.status.load(Ordering::SeqCst)).unwrap();
-                for (name, value) in upstream.headers.iter() {
-                    response
-                        .headers_mut()
-                        .append(*name, HeaderValue::from_static(value));
-                }
-                response
-                    .headers_mut()
-                    .insert("content-length", HeaderValue::from(body.len()));
-                response
-            })
-        }
-    }
-}
-
-fn key(target: &str) -> CacheKey {
-    CacheKey {
-        method: Method::GET,
-        target: target.to_owned(),
-        coding: "identity",
-    }
-}
-
-const NO_TTL: Duration = Duration::ZERO;
-
-async fn get(
-    cache: &ResponseCache,
-    upstream: &Upstream,
-    target: &str,
-    request: &HeaderMap,
-) -> (String, String, Option<u64>) {
-    let response = cache
-        .serve(key(target), request, NO_TTL, upstream.fetch())
-        .await;
-    let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
-    let age = response
-        .headers()
-        .get("age")
-        .map(|age| age.to_str().unwrap().parse().unwrap());
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (String::from_utf8(body.to_vec()).unwrap(), x_cache, age)
-}
+use http::{HeaderMap, HeaderValue};
+use logicore_gateway::cache::ResponseCache;
+use support::{Upstream, get, key};
 
 fn cache() -> ResponseCache {
     ResponseCache::memory(1 << 20)
@@ -222,7 +141,7 @@ async fn stale_if_error_serves_stale_when_the_upstream_fails() {
     // Past the stale-if-error window the failure shows.
     tokio::time::advance(Duration::from_secs(60)).await;
     let response = cache
-        .serve(key("/e"), &none, NO_TTL, upstream.fetch())
+        .serve(key("/e"), &none, support::NO_TTL, upstream.fetch())
         .await;
     assert_eq!(response.status(), 503);
 }
@@ -236,7 +155,7 @@ async fn entries_are_purged_by_tag_and_by_target() {
     ]);
     let none = HeaderMap::new();
     let first = cache
-        .serve(key("/p/7"), &none, NO_TTL, tagged.fetch())
+        .serve(key("/p/7"), &none, support::NO_TTL, tagged.fetch())
         .await;
     assert!(
         !first.headers().contains_key("cache-tag"),
@@ -244,10 +163,12 @@ async fn entries_are_purged_by_tag_and_by_target() {
     );
     get(&cache, &tagged, "/p", &none).await;
     get(&cache, &tagged, "/other", &none).await;
-    assert_eq!(cache.purge_tags(&["product:7".to_owned()]), 3);
+    assert_eq!(cache.purge_tags(&["product:7".to_owned()]).await, 3);
     assert_eq!(get(&cache, &tagged, "/p/7", &none).await.1, "MISS");
     assert_eq!(
-        cache.purge_targets(&["/p/7".to_owned(), "/none".to_owned()]),
+        cache
+            .purge_targets(&["/p/7".to_owned(), "/none".to_owned()])
+            .await,
         1
     );
     assert_eq!(get(&cache, &tagged, "/p/7", &none).await.1, "MISS");

@@ -3,16 +3,14 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly by unwrapping")]
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use logicore_gateway::ratelimit::{LimiterDown, RateLimiter};
 use logicore_platform::cache::RedisStore;
 use logicore_platform::config::Rate;
-
-fn shared_redis() -> Option<String> {
-    std::env::var("LOGICORE_TEST_REDIS_URL").ok()
-}
+use logicore_platform::testing::PrivateRedis;
 
 fn per_minute(count: u32) -> Rate {
     Rate {
@@ -21,22 +19,13 @@ fn per_minute(count: u32) -> Rate {
     }
 }
 
-/// A key prefix no other test run uses.
-fn prefix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("logicore-test-{}-{nanos}:", std::process::id())
-}
-
 #[tokio::test]
 async fn one_limit_is_shared_by_two_gateways_on_one_redis() {
-    let Some(url) = shared_redis() else {
+    let Some(url) = support::shared_redis() else {
         eprintln!("skipped: needs LOGICORE_TEST_REDIS_URL");
         return;
     };
-    let prefix = prefix();
+    let prefix = support::prefix();
     let gateways = [
         RateLimiter::redis(RedisStore::connect(&url, &prefix).unwrap(), true),
         RateLimiter::redis(RedisStore::connect(&url, &prefix).unwrap(), true),
@@ -63,74 +52,14 @@ async fn one_limit_is_shared_by_two_gateways_on_one_redis() {
     assert_eq!(other.remaining, 9);
 }
 
-/// A `redis-server` of the test's own on a free port, killed when dropped.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Option<PrivateRedis> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(PrivateRedis { child, port });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_redis_killed_mid_test_lets_requests_through_then_limits_again() {
-    let port = free_port();
-    let Some(redis) = PrivateRedis::start(port) else {
-        assert!(
-            shared_redis().is_none(),
-            "CI (LOGICORE_TEST_REDIS_URL set) must have redis-server installed"
-        );
+    let Some(redis) = PrivateRedis::start() else {
         eprintln!("skipped: needs the redis-server binary");
         return;
     };
-    let store = RedisStore::connect(&redis.url(), &prefix()).unwrap();
+    let port = redis.port();
+    let store = RedisStore::connect(&redis.url(), &support::prefix()).unwrap();
     let open = RateLimiter::redis(store.clone(), true);
     let closed = RateLimiter::redis(store, false);
     let limit = per_minute(3);
@@ -155,7 +84,7 @@ async fn a_redis_killed_mid_test_lets_requests_through_then_limits_again() {
     );
 
     // Back (empty): the limiter uses it again by itself once its backoff is over.
-    let _redis = PrivateRedis::start(port).unwrap();
+    let _redis = PrivateRedis::start_on(port).unwrap();
     let mut verdict = open.check("k", limit).await.unwrap();
     for _ in 0..100 {
         if !verdict.backend_down {

@@ -130,3 +130,80 @@ fn options() -> DbOptions {
         slow_query: Duration::from_secs(5),
     }
 }
+
+/// The variable naming the shared Redis of the test run.
+pub const REDIS_URL_VAR: &str = "LOGICORE_TEST_REDIS_URL";
+
+/// A `redis-server` of one test's own on a free port, for fault tests that kill it (the
+/// shared Redis is never stopped); killed when dropped.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free port. `None` when the `redis-server` binary is missing and the run
+    /// has no shared Redis either; with `LOGICORE_TEST_REDIS_URL` set (CI) a missing binary
+    /// fails the test.
+    pub fn start() -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .unwrap_or_else(|err| panic!("no free port: {err}"));
+        Self::start_on(port)
+    }
+
+    /// Starts one on `port` (to bring a killed one back where clients expect it).
+    pub fn start_on(port: u16) -> Option<PrivateRedis> {
+        let spawned = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                assert!(
+                    std::env::var(REDIS_URL_VAR).is_err(),
+                    "{REDIS_URL_VAR} is set (CI) but redis-server cannot run: {err}"
+                );
+                return None;
+            }
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(PrivateRedis { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it now (the port is free again).
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -141,13 +141,22 @@ async fn health_readiness_and_request_ids() {
         "nested: {access}"
     );
 
-    let in_file = file_log_events(&setup.data_dir().join("logs"));
-    assert!(
-        in_file
+    // Lines are written in batches (every 100 ms), to stdout first and then to the file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let in_file = file_log_events(&setup.data_dir().join("logs"));
+        if in_file
             .iter()
-            .any(|event| event["message"] == "request" && event["request_id"] == "trace-me.42"),
-        "the access log of the tagged request is not in the log file"
-    );
+            .any(|event| event["message"] == "request" && event["request_id"] == "trace-me.42")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the access log of the tagged request is not in the log file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn uuid_is_v7(text: &str) -> bool {

@@ -752,3 +752,47 @@ async fn a_rate_limited_route_answers_429_with_retry_after() {
     let metrics = admin_get(&platform, "/metrics").await.text().await.unwrap();
     assert!(metrics.contains(r#"gateway_rate_limit_total{scope="ip",outcome="limited"} 1"#));
 }
+
+/// Two gateway processes on one Redis (`cache.url`) share one rate limit and one response
+/// cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_redis_share_rate_limits_and_cached_responses() {
+    let Some(redis) = logicore_platform::testing::PrivateRedis::start() else {
+        eprintln!("skipped: needs the redis-server binary");
+        return;
+    };
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let tail = format!(
+        "[[gateway.routes]]\nprefix = \"/limited\"\nservice = \"upstream\"\n\
+         rate_limit = {{ per_ip = \"3/min\" }}\n\
+         [[gateway.routes]]\nprefix = \"/cached\"\nservice = \"upstream\"\nauth = \"none\"\n\
+         cache = {{ enabled = true, ttl = \"60s\" }}\n\
+         [cache]\nurl = \"redis://127.0.0.1:{}\"\n",
+        redis.port()
+    );
+    let (_first_setup, first) = gateway_with(upstream_addr, "", &tail);
+    let (_second_setup, second) = gateway_with(upstream_addr, "", &tail);
+
+    let statuses = [
+        gateway_get(&first, "/limited/x").await.status(),
+        gateway_get(&second, "/limited/x").await.status(),
+        gateway_get(&first, "/limited/x").await.status(),
+        gateway_get(&second, "/limited/x").await.status(),
+    ];
+    assert_eq!(
+        statuses.map(|status| status == StatusCode::TOO_MANY_REQUESTS),
+        [false, false, false, true],
+        "three per minute across both gateways: {statuses:?}"
+    );
+
+    let miss = gateway_get(&first, "/cached").await;
+    assert_eq!(miss.headers()["x-cache"], "MISS");
+    let stored: Value = miss.json().await.unwrap();
+    let hit = gateway_get(&second, "/cached").await;
+    assert_eq!(
+        hit.headers()["x-cache"],
+        "HIT",
+        "served what the other gateway stored"
+    );
+    assert_eq!(hit.json::<Value>().await.unwrap(), stored);
+}
