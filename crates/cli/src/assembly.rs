@@ -20,7 +20,7 @@ use logicore_gateway::{
     EdgeConfig, Gateway, GatewayAdmin, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable,
     RoutingError, TrustedProxies, UpstreamResolver,
 };
-use logicore_platform::cache::RedisStore;
+use logicore_platform::cache::{QueryCache, RedisStore};
 use logicore_platform::config::{self, Config, ConfigSource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
@@ -192,7 +192,7 @@ impl Process {
         let process = match roles {
             Roles::All => {
                 let db = open_migrated_database(config).await?;
-                let (catalog, catalog_api) = catalog_router(&db);
+                let (catalog, catalog_api) = catalog_router(config, &db)?;
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
                 let catalog = catalog.layer(DefaultBodyLimit::disable());
                 let mut local = BTreeMap::new();
@@ -226,7 +226,7 @@ impl Process {
             }
             Roles::Catalog => {
                 let db = open_migrated_database(config).await?;
-                let (catalog, _) = catalog_router(&db);
+                let (catalog, _) = catalog_router(config, &db)?;
                 let catalog = catalog
                     .route("/health", get(extract::health))
                     .layer(DefaultBodyLimit::max(config.gateway.body_limit.as_usize()))
@@ -344,8 +344,15 @@ async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-fn catalog_router(db: &Db) -> (Router, utoipa::openapi::OpenApi) {
-    logicore_catalog::router(CatalogService::new(db.clone()))
+fn catalog_router(config: &Config, db: &Db) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
+    let ttl = config.cache.query_ttl;
+    let cache = match redis_store(config)? {
+        Some(store) => QueryCache::redis(store, "catalog", ttl),
+        None => QueryCache::memory("catalog", ttl, config.cache.max_bytes.0),
+    };
+    Ok(logicore_catalog::router(
+        CatalogService::new(db.clone()).with_cache(cache),
+    ))
 }
 
 fn gateway_router(

@@ -20,9 +20,8 @@
 //! miss and the request goes to the upstream (pass-through, never an error). Concurrent
 //! misses are coalesced within each gateway.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -33,9 +32,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use logicore_platform::cache::RedisStore;
+use logicore_platform::cache::{Claim, RedisStore, SingleFlight, Waiter};
 use logicore_platform::http::{ErrorCode, Problem};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// `x-cache`, saying how the cache answered.
@@ -294,8 +292,8 @@ pub struct ResponseCache {
 
 struct Inner {
     store: Store,
-    /// Keys being fetched by this gateway; followers wait for the sender to go away.
-    in_flight: Mutex<HashMap<CacheKey, watch::Sender<()>>>,
+    /// Keys being fetched by this gateway.
+    fetches: SingleFlight<CacheKey>,
     /// Wall-clock milliseconds at `origin`, so ages advance with tokio's clock.
     wall_at_origin_ms: u64,
     origin: Instant,
@@ -311,18 +309,6 @@ impl std::fmt::Debug for ResponseCache {
             .debug_struct("ResponseCache")
             .field("store", &store)
             .finish_non_exhaustive()
-    }
-}
-
-/// Marks a key as being fetched; dropping it wakes the requests waiting for it.
-struct Fetching {
-    cache: ResponseCache,
-    key: CacheKey,
-}
-
-impl Drop for Fetching {
-    fn drop(&mut self) {
-        self.cache.in_flight().remove(&self.key);
     }
 }
 
@@ -348,7 +334,7 @@ impl ResponseCache {
         ResponseCache {
             inner: Arc::new(Inner {
                 store,
-                in_flight: Mutex::new(HashMap::new()),
+                fetches: SingleFlight::default(),
                 wall_at_origin_ms,
                 origin: Instant::now(),
             }),
@@ -370,25 +356,8 @@ impl ResponseCache {
         store.key(&format!("respcache-tag:{tag}"))
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, watch::Sender<()>>> {
-        self.inner
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Claims the fetch of `key`: `Ok` when this caller fetches, `Err` with a receiver that
-    /// wakes when whoever fetches is done.
-    fn claim(&self, key: &CacheKey) -> Result<Fetching, watch::Receiver<()>> {
-        let mut in_flight = self.in_flight();
-        if let Some(sender) = in_flight.get(key) {
-            return Err(sender.subscribe());
-        }
-        in_flight.insert(key.clone(), watch::channel(()).0);
-        Ok(Fetching {
-            cache: self.clone(),
-            key: key.clone(),
-        })
+    fn claim(&self, key: &CacheKey) -> Result<Claim<CacheKey>, Waiter> {
+        self.inner.fetches.claim(key)
     }
 
     async fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Entry>> {
@@ -488,10 +457,10 @@ impl ResponseCache {
 
         let fetching = match self.claim(&key) {
             Ok(fetching) => fetching,
-            Err(mut done) => {
+            Err(waiter) => {
                 // Another request is fetching this key: wait for it, then use what it stored.
                 // If it stored nothing usable, fetch without coalescing.
-                let _ = done.changed().await;
+                waiter.done().await;
                 let now = self.now_ms();
                 if let Some(entry) = self.lookup(&key, request).await
                     && entry.age(now) < entry.fresh_for

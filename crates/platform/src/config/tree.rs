@@ -598,6 +598,9 @@ pub struct CacheConfig {
     pub url: ConnectionUrl,
     /// Bound of the memory backend.
     pub max_bytes: ByteSize,
+    /// How long services keep cached query results (a write invalidates them at once).
+    #[serde(with = "duration")]
+    pub query_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -605,6 +608,7 @@ impl Default for CacheConfig {
         CacheConfig {
             url: ConnectionUrl::new("memory://"),
             max_bytes: ByteSize(64 << 20),
+            query_ttl: secs(30),
         }
     }
 }

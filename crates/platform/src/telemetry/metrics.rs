@@ -63,6 +63,10 @@ pub fn install() -> anyhow::Result<MetricsHandle> {
 }
 
 fn describe() {
+    metrics::describe_counter!(
+        QUERY_CACHE,
+        "Service query cache lookups by cache (service) and result (hit, miss)."
+    );
     metrics::describe_histogram!(
         HTTP_REQUEST_DURATION,
         metrics::Unit::Seconds,
@@ -155,6 +159,25 @@ pub fn record_request(
                 )
             },
             elapsed.as_secs_f64(),
+        );
+    });
+}
+
+/// Service query cache lookups by cache and result.
+pub const QUERY_CACHE: &str = "cache_requests_total";
+
+thread_local! {
+    static QUERY_CACHE_COUNTERS: HandleCache<(&'static str, &'static str), metrics::Counter> =
+        HandleCache::new();
+}
+
+/// Records a query cache lookup (`result`: `hit` or `miss`).
+pub fn record_query_cache(cache: &'static str, result: &'static str) {
+    QUERY_CACHE_COUNTERS.with(|handles| {
+        handles.with(
+            (cache, result),
+            |(cache, result)| metrics::counter!(QUERY_CACHE, "cache" => *cache, "result" => *result),
+            |counter| counter.increment(1),
         );
     });
 }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use logicore_contracts::{CategoryId, ProductId};
 use logicore_platform::http::FieldError;
+use serde::{Deserialize, Serialize};
 
 /// Longest name accepted.
 const MAX_NAME_CHARS: usize = 200;
@@ -15,7 +16,7 @@ const MAX_SLUG_CHARS: usize = 100;
 const MAX_SKU_CHARS: usize = 64;
 
 /// A stored category.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Category {
     /// Id.
     pub id: CategoryId,
@@ -28,7 +29,7 @@ pub struct Category {
 }
 
 /// The writable fields of a category, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CategoryFields {
     /// Display name.
     pub name: String,
@@ -39,7 +40,7 @@ pub struct CategoryFields {
 }
 
 /// A stored product.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// Id.
     pub id: ProductId,
@@ -52,7 +53,7 @@ pub struct Product {
 }
 
 /// The writable fields of a product, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductFields {
     /// Stock-keeping unit, unique.
     pub sku: String,

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use logicore_contracts::{CategoryId, ProductId};
+use logicore_platform::cache::QueryCache;
 use logicore_platform::db::Db;
 use logicore_platform::http::{Page, PageRequest, Problem, pagination};
 use uuid::Uuid;
@@ -33,6 +34,7 @@ impl CategoryFilter {
 #[derive(Debug, Clone)]
 pub struct CatalogService {
     store: CatalogStore,
+    cache: Option<QueryCache>,
 }
 
 impl CatalogService {
@@ -40,6 +42,32 @@ impl CatalogService {
     pub fn new(db: Db) -> Self {
         CatalogService {
             store: CatalogStore::new(db),
+            cache: None,
+        }
+    }
+
+    /// Caches product and category reads by id in `cache`; writes invalidate what they
+    /// change once committed.
+    pub fn with_cache(mut self, cache: QueryCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    async fn cached<T, F, Fut>(&self, key: String, load: F) -> Result<T, CatalogError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CatalogError>>,
+    {
+        match &self.cache {
+            Some(cache) => cache.get_or_load(&key, load).await,
+            None => load().await,
+        }
+    }
+
+    async fn invalidate(&self, key: String) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&[key]).await;
         }
     }
 
@@ -57,10 +85,13 @@ impl CatalogService {
 
     /// Returns one category.
     pub async fn get_category(&self, id: CategoryId) -> Result<Category, CatalogError> {
-        self.store
-            .get_category(id)
-            .await?
-            .ok_or(CatalogError::NotFound("category"))
+        self.cached(category_key(id), || async {
+            self.store
+                .get_category(id)
+                .await?
+                .ok_or(CatalogError::NotFound("category"))
+        })
+        .await
     }
 
     /// Creates a category.
@@ -85,6 +116,7 @@ impl CatalogService {
         if !self.store.update_category(id, &fields, now()).await? {
             return Err(CatalogError::NotFound("category"));
         }
+        self.invalidate(category_key(id)).await;
         self.get_category(id).await
     }
 
@@ -93,6 +125,7 @@ impl CatalogService {
         if !self.store.delete_category(id).await? {
             return Err(CatalogError::NotFound("category"));
         }
+        self.invalidate(category_key(id)).await;
         Ok(())
     }
 
@@ -126,10 +159,13 @@ impl CatalogService {
 
     /// Returns one product.
     pub async fn get_product(&self, id: ProductId) -> Result<Product, CatalogError> {
-        self.store
-            .get_product(id)
-            .await?
-            .ok_or(CatalogError::NotFound("product"))
+        self.cached(product_key(id), || async {
+            self.store
+                .get_product(id)
+                .await?
+                .ok_or(CatalogError::NotFound("product"))
+        })
+        .await
     }
 
     /// Creates a product.
@@ -154,6 +190,7 @@ impl CatalogService {
         if !self.store.update_product(id, &fields, now()).await? {
             return Err(CatalogError::NotFound("product"));
         }
+        self.invalidate(product_key(id)).await;
         self.get_product(id).await
     }
 
@@ -162,8 +199,17 @@ impl CatalogService {
         if !self.store.delete_product(id).await? {
             return Err(CatalogError::NotFound("product"));
         }
+        self.invalidate(product_key(id)).await;
         Ok(())
     }
+}
+
+fn product_key(id: ProductId) -> String {
+    format!("product:{id}")
+}
+
+fn category_key(id: CategoryId) -> String {
+    format!("category:{id}")
 }
 
 /// Timestamps are kept to the microsecond, PostgreSQL's precision, so both backends agree.

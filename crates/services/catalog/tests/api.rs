@@ -5,10 +5,27 @@ use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use logicore_catalog::{CatalogService, MIGRATIONS, router};
+use logicore_platform::cache::{QueryCache, RedisStore};
 use logicore_platform::db::apply_migrations;
 use logicore_platform::testing::TestDb;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+fn query_cache(backend: &str) -> QueryCache {
+    let ttl = std::time::Duration::from_secs(60);
+    match std::env::var(logicore_platform::testing::REDIS_URL_VAR) {
+        Ok(url) if backend != "sqlite" => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos();
+            let prefix = format!("logicore-test-{}-{nanos}:", std::process::id());
+            let store = RedisStore::connect(&url, &prefix).expect("redis URL");
+            QueryCache::redis(store, "catalog", ttl)
+        }
+        _ => QueryCache::memory("catalog", ttl, 1 << 20),
+    }
+}
 
 struct Reply {
     status: StatusCode,
@@ -29,7 +46,10 @@ impl App {
             apply_migrations(&test_db.db, MIGRATIONS)
                 .await
                 .expect("migrations");
-            let (router, _) = router(CatalogService::new(test_db.db.clone()));
+            // Reads go through the query cache (Redis with PostgreSQL when the run has one),
+            // so every contract test also checks that no cached read outlives a write.
+            let cache = query_cache(test_db.label());
+            let (router, _) = router(CatalogService::new(test_db.db.clone()).with_cache(cache));
             apps.push(App {
                 router,
                 label: test_db.label(),
@@ -491,5 +511,28 @@ async fn malformed_bodies_and_wrong_content_types_are_problems() {
             reply.headers[header::CONTENT_TYPE],
             "application/problem+json"
         );
+    }
+}
+
+#[tokio::test]
+async fn deleted_products_and_categories_are_gone_at_once_even_when_read_before() {
+    for app in App::all().await {
+        let category = app.create_category("Gone soon").await;
+        let product = app.create_product("GONE-1", None).await;
+        for (kind, id) in [
+            ("products", product["id"].as_str().unwrap()),
+            ("product-categories", category["id"].as_str().unwrap()),
+        ] {
+            let uri = format!("/api/v1/{kind}/{id}");
+            // Read twice: the second read is served from the query cache.
+            for _ in 0..2 {
+                let read = app.send(Method::GET, &uri, None).await;
+                assert_eq!(read.status, StatusCode::OK, "{}: {uri}", app.label);
+            }
+            let deleted = app.send(Method::DELETE, &uri, None).await;
+            assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", app.label);
+            let read = app.send(Method::GET, &uri, None).await;
+            assert_eq!(read.status, StatusCode::NOT_FOUND, "{}: {uri}", app.label);
+        }
     }
 }
