@@ -22,6 +22,7 @@ use logicore_gateway::{
 };
 use logicore_platform::cache::{QueryCache, RedisStore};
 use logicore_platform::config::{self, Config, ConfigSource};
+use logicore_platform::crypto::{self, KeyRing, KeySource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
 use logicore_platform::http::extract;
@@ -191,6 +192,8 @@ impl Process {
         };
         let process = match roles {
             Roles::All => {
+                // Field-encryption keys: `up` creates the key file when there is no key anywhere.
+                load_keys(config, true)?;
                 let db = open_migrated_database(config).await?;
                 let (catalog, catalog_api) = catalog_router(config, &db)?;
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
@@ -386,6 +389,30 @@ fn gateway_router(
     };
     let openapi = logicore_gateway::merged_openapi(apis);
     Ok((Gateway::new(live, openapi, settings), reloader))
+}
+
+/// Loads the field-encryption key ring (SPEC §7); a malformed or missing-but-needed key stops
+/// start-up with a message saying what to set.
+fn load_keys(config: &Config, generate: bool) -> anyhow::Result<KeyRing> {
+    let env = std::env::var(crypto::KEYS_VAR).ok();
+    let (ring, source) = KeyRing::load(env.as_deref(), &config.key_file(), generate)?;
+    match source {
+        KeySource::Generated(path) => tracing::warn!(
+            path = %path.display(),
+            kid = ring.active_kid(),
+            "generated a field-encryption key file; back it up: without it encrypted data is lost"
+        ),
+        KeySource::File(path) => {
+            tracing::info!(path = %path.display(), active_kid = ring.active_kid(), "field-encryption keys loaded");
+        }
+        KeySource::Environment => {
+            tracing::info!(
+                active_kid = ring.active_kid(),
+                "field-encryption keys loaded from the environment"
+            );
+        }
+    }
+    Ok(ring)
 }
 
 /// The Redis of `cache.url`, when it names one (shared by every gateway for the response

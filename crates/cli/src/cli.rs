@@ -163,7 +163,15 @@ impl Command {
             } => Some("logicore service webhooks"),
             Command::Worker => Some("logicore worker"),
             Command::Users { .. } => Some("logicore users"),
-            Command::Keys { .. } => Some("logicore keys"),
+            Command::Keys {
+                action: KeysAction::Generate | KeysAction::Rotate,
+            } => None,
+            Command::Keys {
+                action: KeysAction::Rewrap,
+            } => Some("logicore keys rewrap"),
+            Command::Keys {
+                action: KeysAction::JwtRotate,
+            } => Some("logicore keys jwt-rotate"),
             Command::Jobs { .. } => Some("logicore jobs"),
         }
     }

@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use logicore_platform::config::{self, Config, ConfigSource};
+use logicore_platform::crypto::{self, KeyRing};
 use logicore_platform::db::{apply_migrations, migration_status};
 use logicore_platform::lifecycle;
 use logicore_platform::telemetry::{self, LogGuard, LogSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::assembly::Roles;
-use crate::cli::{Cli, Command, ConfigAction};
+use crate::cli::{Cli, Command, ConfigAction, KeysAction};
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc maps and unmaps every block
 /// over 128 KiB, which made each compressed response pay for fresh zeroed pages.
@@ -91,8 +92,45 @@ async fn run(command: Command, config: Config, source: ConfigSource) -> anyhow::
             print!("{}", config.to_redacted_toml());
             Ok(())
         }
+        Command::Keys {
+            action: KeysAction::Generate,
+        } => {
+            println!("{}", KeyRing::generate_entry());
+            Ok(())
+        }
+        Command::Keys {
+            action: KeysAction::Rotate,
+        } => rotate_keys(&config),
         other => anyhow::bail!("{other:?} is not yet supported"),
     }
+}
+
+/// Adds a new active field-encryption key: to the key file, or (keys from the environment)
+/// prints the new value of `LOGICORE_ENCRYPTION_KEYS`. Old keys stay to decrypt old values
+/// until `logicore keys rewrap` has moved them.
+fn rotate_keys(config: &Config) -> anyhow::Result<()> {
+    let entry = KeyRing::generate_entry();
+    let kid = entry.split(':').next().unwrap_or_default().to_owned();
+    if let Ok(current) = std::env::var(crypto::KEYS_VAR)
+        && !current.trim().is_empty()
+    {
+        KeyRing::parse(&current, crypto::KEYS_VAR)?;
+        println!("# the keys come from {}; set it to:", crypto::KEYS_VAR);
+        println!("{entry},{}", current.trim());
+        return Ok(());
+    }
+    let path = config.key_file();
+    let current = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no key file at {} (and {} is not set); `logicore up` creates one on first start",
+            path.display(),
+            crypto::KEYS_VAR
+        )
+    })?;
+    KeyRing::parse(&current, &path.display().to_string())?;
+    crypto::replace_key_file(&path, &format!("{entry}\n{current}"))?;
+    println!("new active key `{kid}` added to {}", path.display());
+    Ok(())
 }
 
 /// Installs logging; `roles` decides the file name and `service`; `None` = stdout only.

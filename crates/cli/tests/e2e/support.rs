@@ -86,6 +86,8 @@ impl Setup {
             command.arg("--config").arg(file);
         }
         command.args(args);
+        // Only what the test sets: never a developer's own keys.
+        command.env_remove("LOGICORE_ENCRYPTION_KEYS");
         command.env("LOGICORE_GATEWAY__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_ADMIN__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_SERVICES__CATALOG__LISTEN", "127.0.0.1:0");

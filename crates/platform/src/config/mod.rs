@@ -547,16 +547,22 @@ impl Config {
         }
     }
 
+    /// Returns the effective field-encryption key file (`<data-dir>/encryption.keys` by default).
+    pub fn key_file(&self) -> PathBuf {
+        if self.crypto.key_file.is_empty() {
+            self.data_dir.join("encryption.keys")
+        } else {
+            PathBuf::from(&self.crypto.key_file)
+        }
+    }
+
     /// Returns the config with derived defaults filled in, as `config show` prints it.
     pub fn effective(&self) -> Config {
         let mut effective = self.clone();
         effective.database.url = self.database_url();
         effective.log.dir = self.log_dir().display().to_string();
         effective.email.url = self.email_url();
-        if effective.crypto.key_file.is_empty() {
-            let path = self.data_dir.join("encryption.keys");
-            effective.crypto.key_file = path.display().to_string();
-        }
+        effective.crypto.key_file = self.key_file().display().to_string();
         effective
     }
 
