@@ -22,6 +22,7 @@ use logicore_gateway::{
 };
 use logicore_platform::cache::{QueryCache, RedisStore};
 use logicore_platform::config::{self, Config, ConfigSource};
+use logicore_platform::crypto::masking::MaskRules;
 use logicore_platform::crypto::{self, KeyRing, KeySource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
@@ -386,6 +387,7 @@ fn gateway_router(
             .then(|| (&config.gateway.compression).into()),
         cache: Some(cache),
         limiter,
+        masking: MaskRules::new(&config.gateway.masking.fields),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
     Ok((Gateway::new(live, openapi, settings), reloader))

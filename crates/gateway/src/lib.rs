@@ -55,6 +55,8 @@ pub struct GatewaySettings {
     pub cache: Option<cache::ResponseCache>,
     /// The rate limiter of routes with limits.
     pub limiter: ratelimit::RateLimiter,
+    /// Fields masked on routes with `masking = true`.
+    pub masking: logicore_platform::crypto::masking::MaskRules,
 }
 
 /// The public listener's service: `/health`, `/openapi.json`, `/docs`, and every routed
@@ -102,6 +104,7 @@ impl Gateway {
                     body_read_timeout: settings.body_read_timeout,
                     cache: settings.cache,
                     limiter: settings.limiter,
+                    masking: Arc::new(settings.masking),
                 },
                 own,
                 max_header_bytes: settings.max_header_bytes,

@@ -25,8 +25,15 @@ pub const CACHE_RESULTS: &str = "gateway_cache_requests_total";
 /// Rate limit decisions by scope and outcome.
 pub const RATE_LIMITS: &str = "gateway_rate_limit_total";
 
+/// Values masked in responses.
+pub const MASKED: &str = "gateway_masked_fields_total";
+
 /// Describes the gateway metrics (call once after the recorder is installed).
 pub fn describe() {
+    metrics::describe_counter!(
+        MASKED,
+        "Sensitive values masked by the gateway in JSON responses of routes with masking on."
+    );
     metrics::describe_counter!(
         RATE_LIMITS,
         "Rate limit checks by scope (ip, user) and outcome (allowed, limited, backend_down_allowed, backend_down_refused)."
@@ -177,4 +184,9 @@ pub fn record_cache(result: crate::cache::CacheResult) {
 /// Records a rate limit decision.
 pub fn record_rate_limit(scope: &'static str, outcome: &'static str) {
     metrics::counter!(RATE_LIMITS, "scope" => scope, "outcome" => outcome).increment(1);
+}
+
+/// Counts values masked in one response.
+pub fn record_masked(count: usize) {
+    metrics::counter!(MASKED).increment(u64::try_from(count).unwrap_or(u64::MAX));
 }

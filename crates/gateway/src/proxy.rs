@@ -13,6 +13,8 @@ use tower::ServiceExt;
 
 use logicore_platform::http::request_context::{ClientAddr, set_route};
 
+use logicore_platform::crypto::masking::MaskRules;
+
 use crate::cache::{self, CacheKey, CacheResult, ResponseCache};
 use crate::compression::{CompressionSettings, Negotiated};
 use crate::forward;
@@ -34,6 +36,8 @@ pub struct ProxyState {
     pub cache: Option<ResponseCache>,
     /// Checks the rate limits of routes that have some (kept across reloads).
     pub limiter: RateLimiter,
+    /// Field rules of routes with `masking = true`.
+    pub masking: Arc<MaskRules>,
 }
 
 /// Refuses oversized header blocks and malformed paths before anything routes them.
@@ -110,6 +114,7 @@ async fn routed(
             route: Arc::clone(&route),
             edge: Arc::clone(edge),
             compression,
+            masking: Arc::clone(&state.masking),
         };
         let response = cached(cache, origin, parts, ttl).await;
         set_route(&route.template);
@@ -139,6 +144,7 @@ async fn routed(
         return refused;
     }
     set_route(&route.template);
+    let response = mask(&route, &state.masking, response).await;
     finish(&route, is_read, response, &compression).await
 }
 
@@ -155,6 +161,7 @@ struct Origin {
     route: Arc<Route>,
     edge: Arc<EdgeConfig>,
     compression: Compression,
+    masking: Arc<MaskRules>,
 }
 
 impl Origin {
@@ -168,6 +175,7 @@ impl Origin {
         set_forwarding_headers(&mut request_parts, &self.edge);
         let request = Request::from_parts(request_parts, body);
         let response = call_upstream(&self.route, request).await;
+        let response = mask(&self.route, &self.masking, response).await;
         finish(&self.route, true, response, &self.compression).await
     }
 }
@@ -233,6 +241,55 @@ async fn call_upstream(route: &Route, request: Request) -> Response {
         }
         Upstream::Remote(pool) => pool.forward(request, route.call_policy()).await,
     }
+}
+
+/// Largest JSON body masked; a larger one on a masked route is refused rather than leaked.
+const MAX_MASKED_BYTES: usize = 8 << 20;
+
+/// Masks sensitive fields of a JSON response on routes with `masking = true` (a second line
+/// of defence behind the services).
+async fn mask(route: &Route, rules: &MaskRules, response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            let essence = value.split(';').next().unwrap_or("").trim();
+            essence == "application/json" || essence.ends_with("+json")
+        });
+    if !route.masking || !is_json || response.headers().contains_key(header::CONTENT_ENCODING) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        body,
+        MAX_MASKED_BYTES,
+    ))
+    .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return Problem::new(
+                ErrorCode::BadGateway,
+                "the upstream response could not be read for masking",
+            )
+            .into_response();
+        }
+    };
+    let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let masked = rules.apply(&mut document);
+    if masked == 0 {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    crate::metrics::record_masked(masked);
+    let body = serde_json::to_vec(&document).unwrap_or_default();
+    parts.headers.remove(header::ETAG);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(body.len()));
+    Response::from_parts(parts, Body::from(body))
 }
 
 /// The route's `Cache-Control` on successful reads that have none, then compression.

@@ -140,6 +140,8 @@ pub struct Route {
     pub cache: Option<Duration>,
     /// Rate limits per client IP and per user.
     pub rate_limit: RouteRateLimitConfig,
+    /// Mask sensitive fields of JSON responses.
+    pub masking: bool,
     /// Where requests go.
     pub upstream: Upstream,
 }
@@ -247,6 +249,7 @@ fn route_from(config: &RouteConfig, upstream: Upstream) -> Route {
         retries: config.retries,
         cache: config.cache.enabled.then_some(config.cache.ttl),
         rate_limit: config.rate_limit.clone(),
+        masking: config.masking,
         upstream,
     }
 }

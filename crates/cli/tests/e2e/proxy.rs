@@ -32,7 +32,9 @@ async fn start_upstream(gate: Arc<Notify>) -> SocketAddr {
         )
         .route("/stream", get(move || stream(Arc::clone(&gate))))
         .route("/big", get(big_json))
-        .route("/cached", get(counted));
+        .route("/cached", get(counted))
+        .route("/sensitive", get(sensitive))
+        .route("/sensitive-raw", get(sensitive));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -55,6 +57,17 @@ async fn counted(headers: HeaderMap) -> impl IntoResponse {
             "call": call,
             "auth": header("authorization"),
             "forwarded_for": header("x-forwarded-for"),
+        })),
+    )
+}
+
+/// JSON with card numbers and an SSN at several depths, and a strong ETag.
+async fn sensitive() -> impl IntoResponse {
+    (
+        [("etag", "\"s1\"")],
+        axum::Json(json!({
+            "customer": {"name": "Ada", "ssn": "123-45-6789"},
+            "payments": [{"card_number": "4242424242424242", "amount": 100}],
         })),
     )
 }
@@ -795,4 +808,29 @@ async fn two_gateways_on_one_redis_share_rate_limits_and_cached_responses() {
         "served what the other gateway stored"
     );
     assert_eq!(hit.json::<Value>().await.unwrap(), stored);
+}
+
+/// Routes with `masking = true` mask card numbers and SSNs at any depth; others do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masked_routes_hide_card_numbers_and_ssns_at_any_depth() {
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let tail = "[[gateway.routes]]\nprefix = \"/sensitive\"\nservice = \"upstream\"\nmasking = true\n\
+                [[gateway.routes]]\nprefix = \"/sensitive-raw\"\nservice = \"upstream\"\n";
+    let (_setup, platform) = gateway_with(upstream_addr, "", tail);
+    let masked = gateway_get(&platform, "/sensitive").await;
+    assert_eq!(masked.status(), StatusCode::OK);
+    assert!(!masked.headers().contains_key("etag"), "the body changed");
+    let body: Value = masked.json().await.unwrap();
+    assert_eq!(body["customer"]["ssn"], "***-**-6789");
+    assert_eq!(body["payments"][0]["card_number"], "************4242");
+    assert_eq!(body["payments"][0]["amount"], 100);
+    let raw: Value = gateway_get(&platform, "/sensitive-raw")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["customer"]["ssn"], "123-45-6789",
+        "masking is per route"
+    );
 }

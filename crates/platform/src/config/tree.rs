@@ -133,6 +133,8 @@ pub struct GatewayConfig {
     pub outlier: OutlierConfig,
     /// Rate limiting behaviour shared by every route's limits.
     pub rate_limit: RateLimitConfig,
+    /// Fields masked in JSON responses of routes with `masking = true`.
+    pub masking: MaskingConfig,
     /// The gateway response cache.
     pub cache: GatewayCacheConfig,
 }
@@ -156,6 +158,7 @@ impl Default for GatewayConfig {
             retry_budget: RetryBudgetConfig::default(),
             outlier: OutlierConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            masking: MaskingConfig::default(),
             cache: GatewayCacheConfig::default(),
         }
     }
@@ -446,6 +449,22 @@ impl Default for OutlierConfig {
             base_ejection: secs(30),
             max_ejection: secs(300),
             max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `[gateway.masking]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskingConfig {
+    /// Field names masked at any depth (compared without case, `_` or `-`).
+    pub fields: Vec<String>,
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        MaskingConfig {
+            fields: vec!["creditCard".into(), "card_number".into(), "ssn".into()],
         }
     }
 }

@@ -10,6 +10,8 @@
 //! per line, first active, `#` comments), which `logicore up` creates (mode 0600) on first
 //! start when there is no key anywhere.
 
+pub mod masking;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
