@@ -314,3 +314,17 @@ async fn verified_tokens_are_served_from_the_cache() {
     assert!(auth.verify(&token).await.is_ok());
     assert_eq!(server.fetches.load(Ordering::SeqCst), fetches);
 }
+
+/// The platform's own signing keys (what the users service publishes) verify at the edge.
+#[tokio::test]
+async fn tokens_of_the_platform_signing_keys_verify_through_their_jwks() {
+    use logicore_platform::auth::signing::{self, SigningKey as PlatformKey};
+    let key = PlatformKey::generate();
+    let server = JwksServer::start(signing::jwks([&key])).await;
+    let auth = authenticator(&[server.issuer()], eager_refresh());
+    let token = key.sign(&claims(json!({}))).unwrap();
+    let principal = auth.verify(&token).await.unwrap();
+    assert_eq!(principal.subject, "user-1");
+    let stranger = PlatformKey::generate().sign(&claims(json!({}))).unwrap();
+    assert!(auth.verify(&stranger).await.is_err(), "unknown kid");
+}
