@@ -14,6 +14,7 @@ use axum::routing::get;
 use logicore_catalog::CatalogService;
 use logicore_gateway::auth::{Authenticator, JwksOptions};
 use logicore_gateway::cache::ResponseCache;
+use logicore_gateway::cors::Cors;
 use logicore_gateway::ratelimit::RateLimiter;
 use logicore_gateway::remote::{HttpClient, PoolSettings};
 use logicore_gateway::{
@@ -388,6 +389,7 @@ fn gateway_router(
         cache: Some(cache),
         limiter,
         masking: MaskRules::new(&config.gateway.masking.fields),
+        cors: Cors::new(&config.cors.allowed_origins),
     };
     let openapi = logicore_gateway::merged_openapi(apis);
     Ok((Gateway::new(live, openapi, settings), reloader))

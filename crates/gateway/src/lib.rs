@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod compression;
+pub mod cors;
 mod fast_gzip;
 pub mod forward;
 pub mod hygiene;
@@ -57,6 +58,8 @@ pub struct GatewaySettings {
     pub limiter: ratelimit::RateLimiter,
     /// Fields masked on routes with `masking = true`.
     pub masking: logicore_platform::crypto::masking::MaskRules,
+    /// Origins a browser front end may call from.
+    pub cors: cors::Cors,
 }
 
 /// The public listener's service: `/health`, `/openapi.json`, `/docs`, and every routed
@@ -77,6 +80,7 @@ struct GatewayInner {
     max_header_bytes: usize,
     access_log: AccessLog,
     compression: Option<Arc<compression::CompressionSettings>>,
+    cors: cors::Cors,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -113,6 +117,7 @@ impl Gateway {
                     enabled: settings.access_log,
                 },
                 compression: settings.compression.map(Arc::new),
+                cors: settings.cors,
             }),
         }
     }
@@ -125,24 +130,38 @@ impl Gateway {
             if let Err(problem) = proxy::edge_checks(&parts, inner.max_header_bytes) {
                 return problem.into_response();
             }
-            let compression = inner
-                .compression
-                .as_ref()
-                .map(|settings| (Arc::clone(settings), settings.negotiate(&parts)));
-            let request = Request::from_parts(parts, body);
-            if !is_own_path(request.uri().path()) {
-                return proxy::proxy(&inner.proxy, request, compression).await;
-            }
-            let response = match inner.own.clone().oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
+            let origin = match inner.cors.decide(&parts.method, &parts.headers) {
+                cors::Decision::Preflight(answer) => return answer,
+                cors::Decision::Allowed(origin) => Some(origin),
+                cors::Decision::None => None,
             };
-            match compression {
-                Some((settings, negotiated)) => settings.apply(negotiated, response).await,
-                None => response,
+            let mut response = self.route(parts, body).await;
+            if let Some(origin) = origin {
+                inner.cors.decorate(&origin, &mut response);
             }
+            response
         })
         .await
+    }
+
+    async fn route(&self, parts: http::request::Parts, body: axum::body::Body) -> Response {
+        let inner = &*self.inner;
+        let compression = inner
+            .compression
+            .as_ref()
+            .map(|settings| (Arc::clone(settings), settings.negotiate(&parts)));
+        let request = Request::from_parts(parts, body);
+        if !is_own_path(request.uri().path()) {
+            return proxy::proxy(&inner.proxy, request, compression).await;
+        }
+        let response = match inner.own.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        match compression {
+            Some((settings, negotiated)) => settings.apply(negotiated, response).await,
+            None => response,
+        }
     }
 }
 

@@ -834,3 +834,48 @@ async fn masked_routes_hide_card_numbers_and_ssns_at_any_depth() {
         "masking is per route"
     );
 }
+
+/// CORS at the edge: a listed origin's preflight is answered by the gateway and its requests
+/// carry the CORS headers; another origin's preflight is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_and_responses_follow_the_allow_list() {
+    let upstream_addr = start_upstream(Arc::new(Notify::new())).await;
+    let tail = "[cors]\nallowed_origins = [\"https://shop.example.com\"]\n";
+    let (_setup, platform) = gateway_with(upstream_addr, "", tail);
+    let preflight = |origin: &'static str| {
+        platform
+            .client
+            .request(reqwest::Method::OPTIONS, platform.url("/echo/x"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://shop.example.com").await.unwrap();
+    assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://shop.example.com"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-headers"],
+        "content-type"
+    );
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+    let response = platform
+        .client
+        .get(platform.url("/echo/x"))
+        .header("origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://shop.example.com"
+    );
+    let bare = gateway_get(&platform, "/echo/x").await;
+    assert!(!bare.headers().contains_key("access-control-allow-origin"));
+}

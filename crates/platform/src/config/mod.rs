@@ -205,8 +205,30 @@ fn add_default_issuer(config: &mut Config) {
 /// Checks the values serde cannot: ranges, URL schemes, features not built yet.
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_gateway(&config.gateway)?;
+    validate_cors(&config.cors)?;
     validate_backends(config)?;
     validate_misc(config)
+}
+
+/// Origins are `scheme://host[:port]` (no path), or `*`.
+fn validate_cors(cors: &CorsConfig) -> Result<(), ConfigError> {
+    for (index, origin) in cors.allowed_origins.iter().enumerate() {
+        let valid = origin == "*"
+            || origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.trim_end_matches('/').contains('/')
+            });
+        if !valid {
+            return Err(ConfigError::new(
+                format!("cors.allowed_origins[{index}]"),
+                format!(
+                    "`{origin}` is not an origin; write e.g. \"https://shop.example.com\" or \"*\""
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_gateway(gateway: &GatewayConfig) -> Result<(), ConfigError> {

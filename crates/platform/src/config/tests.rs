@@ -127,6 +127,10 @@ fn bad_values_are_refused_by_key() {
         ),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
         (
+            "[cors]\nallowed_origins = [\"https://a.example\", \"shop.example.com/app\"]\n",
+            "cors.allowed_origins[1]",
+        ),
+        (
             "[gateway.outlier]\nmax_ejected_percent = 150\n",
             "gateway.outlier.max_ejected_percent",
         ),
