@@ -89,7 +89,7 @@ pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
     if roles == Roles::All {
         local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
     }
-    edge_config(config, local, logicore_gateway::http_client()).map(drop)
+    edge_config(config, local, logicore_gateway::http_client(), None).map(drop)
 }
 
 /// Builds the reloadable edge rules (routes, upstreams, issuers, trusted proxies).
@@ -97,6 +97,7 @@ fn edge_config(
     config: &Config,
     local: BTreeMap<String, Router>,
     client: HttpClient,
+    previous: Option<&RouteTable>,
 ) -> Result<EdgeConfig, RoutingError> {
     let discovery = Discovery::from_config(&config.discovery);
     let gateway = config.gateway.clone();
@@ -111,6 +112,9 @@ fn edge_config(
                 outlier: gateway.outlier.clone(),
             }
         });
+    if let Some(previous) = previous {
+        resolver = resolver.with_previous(previous);
+    }
     let table = RouteTable::build(&built_in_routes(), &config.gateway.routes, &mut resolver)?;
     Ok(EdgeConfig {
         table,
@@ -142,7 +146,13 @@ impl Reloader {
                 return;
             }
         };
-        match edge_config(&config, self.local.clone(), self.client.clone()) {
+        let current = self.live.current();
+        match edge_config(
+            &config,
+            self.local.clone(),
+            self.client.clone(),
+            Some(&current.table),
+        ) {
             Ok(edge) => {
                 let routes = edge.table.routes().len();
                 self.live.replace(edge);
@@ -369,7 +379,7 @@ fn gateway_router(
     limiter: RateLimiter,
 ) -> anyhow::Result<(Gateway, Reloader)> {
     let client = logicore_gateway::http_client();
-    let live = LiveEdge::new(edge_config(config, local.clone(), client.clone())?);
+    let live = LiveEdge::new(edge_config(config, local.clone(), client.clone(), None)?);
     let reloader = Reloader {
         source: source.clone(),
         local,

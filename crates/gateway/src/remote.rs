@@ -90,7 +90,7 @@ impl Instance {
 
 /// Resilience settings of one upstream pool (from `[gateway.breaker]`,
 /// `[gateway.upstreams.<service>.breaker]`, `[gateway.retry_budget]`, `[gateway.outlier]`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PoolSettings {
     /// Circuit breaker; its `timeout` caps every try.
     pub breaker: BreakerConfig,
@@ -205,6 +205,26 @@ impl RemotePool {
     /// Returns each instance with what the gateway has seen of it.
     pub fn instance_health(&self) -> impl Iterator<Item = (&Instance, &InstanceHealth)> {
         self.inner.instances.iter().zip(&self.inner.health)
+    }
+
+    /// Returns true when this pool has exactly `instances` and `settings`, so a reload can
+    /// keep it (and its breaker, budget and ejections) instead of starting afresh.
+    pub fn matches(&self, instances: &[Instance], settings: &PoolSettings) -> bool {
+        self.inner.settings == *settings
+            && self.inner.instances.len() == instances.len()
+            && self
+                .inner
+                .instances
+                .iter()
+                .zip(instances)
+                .all(|(mine, theirs)| {
+                    mine.origin == theirs.origin && mine.base_path == theirs.base_path
+                })
+    }
+
+    /// Returns true when both handles are the same pool.
+    pub fn same_pool(&self, other: &RemotePool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The state of the pool's circuit breaker.

@@ -32,6 +32,8 @@ pub struct UpstreamResolver {
     client: HttpClient,
     remote: BTreeMap<String, RemotePool>,
     settings: Box<dyn Fn(&str) -> PoolSettings + Send + Sync>,
+    /// Pools of the rules being replaced, kept when their service is unchanged.
+    previous: BTreeMap<String, RemotePool>,
 }
 
 impl std::fmt::Debug for UpstreamResolver {
@@ -53,7 +55,20 @@ impl UpstreamResolver {
             client,
             remote: BTreeMap::new(),
             settings: Box::new(|_| PoolSettings::default()),
+            previous: BTreeMap::new(),
         }
+    }
+
+    /// Offers the pools of the table being replaced: a service whose instances and settings
+    /// did not change keeps its pool, with its breaker state, retry budget and ejections.
+    pub fn with_previous(mut self, table: &RouteTable) -> Self {
+        for route in table.routes() {
+            if let Upstream::Remote(pool) = &route.upstream {
+                self.previous
+                    .insert(pool.service().to_owned(), pool.clone());
+            }
+        }
+        self
     }
 
     /// Sets how the resilience settings of a remote service's pool are chosen.
@@ -82,12 +97,11 @@ impl UpstreamResolver {
         if instances.is_empty() {
             return None;
         }
-        let pool = RemotePool::new(
-            service,
-            instances,
-            self.client.clone(),
-            (self.settings)(service),
-        );
+        let settings = (self.settings)(service);
+        let pool = match self.previous.get(service) {
+            Some(previous) if previous.matches(&instances, &settings) => previous.clone(),
+            _ => RemotePool::new(service, instances, self.client.clone(), settings),
+        };
         self.remote.insert(service.to_owned(), pool.clone());
         Some(Upstream::Remote(pool))
     }
@@ -335,6 +349,48 @@ mod tests {
         let route = table.find("/api/v1/products/1").unwrap();
         assert_eq!(route.cache_control.as_ref().unwrap(), "public, max-age=60");
         assert_eq!(route.methods.as_deref(), Some(&[Method::GET][..]));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pools_of_unchanged_services() {
+        let remote = RouteConfig {
+            prefix: "/legacy".into(),
+            service: "erp".into(),
+            ..RouteConfig::default()
+        };
+        let first = table(std::slice::from_ref(&remote)).unwrap();
+        let pool_of = |table: &RouteTable| match &table.find("/legacy").unwrap().upstream {
+            Upstream::Remote(pool) => pool.clone(),
+            Upstream::Local(_) => panic!("not remote"),
+        };
+        let rebuild = |instances: &str, settings: PoolSettings| {
+            let mut discovery_config = logicore_platform::config::DiscoveryConfig::default();
+            discovery_config
+                .static_instances
+                .insert("erp".to_owned(), vec![instances.to_owned()]);
+            let mut resolver = UpstreamResolver::new(
+                BTreeMap::new(),
+                Discovery::from_config(&discovery_config),
+                crate::remote::http_client(),
+            )
+            .with_pool_settings(move |_| settings.clone())
+            .with_previous(&first);
+            RouteTable::build(&[], std::slice::from_ref(&remote), &mut resolver).unwrap()
+        };
+        let same = rebuild("http://127.0.0.1:9/base", PoolSettings::default());
+        assert!(pool_of(&same).same_pool(&pool_of(&first)), "kept");
+        let moved = rebuild("http://127.0.0.1:10/base", PoolSettings::default());
+        assert!(
+            !pool_of(&moved).same_pool(&pool_of(&first)),
+            "new instances"
+        );
+        let mut stricter = PoolSettings::default();
+        stricter.breaker.min_calls = 5;
+        let retuned = rebuild("http://127.0.0.1:9/base", stricter);
+        assert!(
+            !pool_of(&retuned).same_pool(&pool_of(&first)),
+            "new settings"
+        );
     }
 
     #[test]

@@ -358,7 +358,7 @@ pub struct RouteRateLimitConfig {
 }
 
 /// `[gateway.breaker]`: resilience4j-style circuit breaker settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Per-try timeout; a timeout counts as a failure.
@@ -407,7 +407,7 @@ pub struct UpstreamConfig {
 }
 
 /// `[gateway.retry_budget]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryBudgetConfig {
     /// Retries allowed as a share of requests.
@@ -426,7 +426,7 @@ impl Default for RetryBudgetConfig {
 }
 
 /// `[gateway.outlier]`: passive ejection of instances that keep failing (Envoy-style).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierConfig {
     /// Gateway errors in a row (connection failure, timeout, 502/503/504) that eject an
