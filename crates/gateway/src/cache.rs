@@ -468,6 +468,12 @@ impl ResponseCache {
                     return entry.response(CacheResult::Hit, now);
                 }
                 let mut response = fetch().await;
+                // The upstream is failing for everyone: the stale entry serves the waiters too.
+                if response.status().is_server_error()
+                    && let Some(entry) = stale_if_error
+                {
+                    return entry.response(CacheResult::Stale, self.now_ms());
+                }
                 tag(&mut response, CacheResult::Miss);
                 return response;
             }
@@ -497,18 +503,42 @@ impl ResponseCache {
             tag(&mut response, CacheResult::Miss);
             return response;
         };
-        let (mut parts, body) = response.into_parts();
-        let body = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) => {
-                tracing::warn!(error = %error, "upstream body failed; nothing cached");
-                let mut response =
-                    Problem::new(ErrorCode::BadGateway, "the upstream response body failed")
-                        .into_response();
-                tag(&mut response, CacheResult::Miss);
-                return response;
+        let (mut parts, mut body) = response.into_parts();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut size = 0u64;
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    size += data.len() as u64;
+                    chunks.push(data);
+                    if size > MAX_ENTRY_BYTES {
+                        // Too large to keep: send what was read, then the rest, unstored.
+                        let read = futures_util::stream::iter(chunks.into_iter().map(Ok));
+                        let rest = body.into_data_stream();
+                        parts.headers.remove(&CACHE_TAG);
+                        let mut response = Response::from_parts(
+                            parts,
+                            Body::from_stream(futures_util::StreamExt::chain(read, rest)),
+                        );
+                        tag(&mut response, CacheResult::Miss);
+                        return response;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "upstream body failed; nothing cached");
+                    let mut response =
+                        Problem::new(ErrorCode::BadGateway, "the upstream response body failed")
+                            .into_response();
+                    tag(&mut response, CacheResult::Miss);
+                    return response;
+                }
+                None => break,
             }
-        };
+        }
+        let body = Bytes::from(chunks.concat());
         let tags = take_tags(&mut parts.headers);
         let initial_age = parts
             .headers
@@ -647,8 +677,9 @@ fn storable(response: &Response, request: &HeaderMap, route_ttl: Duration) -> Op
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
-    // Only complete bodies of known, bounded size are buffered.
-    if length.is_none_or(|length| length > MAX_ENTRY_BYTES) {
+    // A body announced as too large is not even buffered (one of unknown length is, up to
+    // the bound: compressed responses stream without a length).
+    if length.is_some_and(|length| length > MAX_ENTRY_BYTES) {
         return None;
     }
     let mut vary = Vec::new();
@@ -784,9 +815,15 @@ mod tests {
         }
         assert_eq!(fresh(&[("set-cookie", "a=b")], ttl), None);
         assert_eq!(fresh(&[("vary", "*")], ttl), None);
-        let mut streamed = response(&[]);
-        streamed.headers_mut().remove(header::CONTENT_LENGTH);
-        assert!(storable(&streamed, &none, ttl).is_none(), "unknown length");
+        let mut large = response(&[]);
+        large.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(MAX_ENTRY_BYTES + 1),
+        );
+        assert!(
+            storable(&large, &none, ttl).is_none(),
+            "announced too large"
+        );
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub enum Decision {
 }
 
 impl Cors {
-    /// The allow-list of `[cors] allowed_origins` (already validated).
+    /// The allow-list of `[cors] allowed_origins` (already validated: `*` is never mixed with
+    /// named origins, which would hand credentials to any site).
     pub fn new(origins: &[String]) -> Self {
         Cors {
             any: origins.iter().any(|origin| origin == "*"),
@@ -140,6 +141,16 @@ impl Cors {
             HeaderValue::from_static(MAX_AGE),
         );
         response
+    }
+
+    /// Finishes a response: the CORS headers for an allowed origin; otherwise, with a list of
+    /// origins, `Vary: Origin` so shared caches keep answers for different origins apart.
+    pub fn finish(&self, origin: Option<&HeaderValue>, response: &mut Response) {
+        match origin {
+            Some(origin) => self.decorate(origin, response),
+            None if self.enabled() && !self.any => add_vary(response.headers_mut()),
+            None => {}
+        }
     }
 
     /// Adds the CORS headers of an allowed cross-origin request to its response.

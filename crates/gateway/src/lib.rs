@@ -136,9 +136,7 @@ impl Gateway {
                 cors::Decision::None => None,
             };
             let mut response = self.route(parts, body).await;
-            if let Some(origin) = origin {
-                inner.cors.decorate(&origin, &mut response);
-            }
+            inner.cors.finish(origin.as_ref(), &mut response);
             response
         })
         .await

@@ -89,7 +89,10 @@ pub async fn proxy(state: &ProxyState, request: Request, compression: Compressio
     } else {
         None
     };
-    let mut response = routed(state, &edge, route, parts, body, compression).await;
+    // Decided before any header is stripped: a client cannot hide its credentials from the
+    // cache by naming `Authorization` in `Connection`.
+    let credentials = principal.is_some() || parts.headers.contains_key(header::AUTHORIZATION);
+    let mut response = routed(state, &edge, route, parts, body, compression, credentials).await;
     if let Some(verdict) = verdict {
         verdict.set_headers(&mut response);
     }
@@ -104,10 +107,18 @@ async fn routed(
     mut parts: http::request::Parts,
     body: Body,
     compression: Compression,
+    credentials: bool,
 ) -> Response {
     // A local service names its own template; otherwise the prefix's stands.
     let bodiless = http_body::Body::is_end_stream(&body);
     forward::strip_hop_by_hop(&mut parts.headers);
+    if route.masking {
+        // Masking needs the plain JSON: ask the upstream not to compress it.
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+    }
     let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
     if let (Some(cache), Some(ttl), true, true) = (&state.cache, route.cache, is_read, bodiless) {
         let origin = Origin {
@@ -116,7 +127,7 @@ async fn routed(
             compression,
             masking: Arc::clone(&state.masking),
         };
-        let response = cached(cache, origin, parts, ttl).await;
+        let response = cached(cache, origin, parts, ttl, credentials).await;
         set_route(&route.template);
         return response;
     }
@@ -187,8 +198,9 @@ async fn cached(
     origin: Origin,
     parts: http::request::Parts,
     ttl: std::time::Duration,
+    credentials: bool,
 ) -> Response {
-    if cache::bypasses(&parts.headers) {
+    if credentials || cache::bypasses(&parts.headers) {
         let mut response = origin.fetch(&parts).await;
         response.headers_mut().remove(&cache::CACHE_TAG);
         cache::tag(&mut response, CacheResult::Bypass);
@@ -257,7 +269,18 @@ async fn mask(route: &Route, rules: &MaskRules, response: Response) -> Response 
             let essence = value.split(';').next().unwrap_or("").trim();
             essence == "application/json" || essence.ends_with("+json")
         });
-    if !route.masking || !is_json || response.headers().contains_key(header::CONTENT_ENCODING) {
+    if !route.masking {
+        return response;
+    }
+    if response.headers().contains_key(header::CONTENT_ENCODING) {
+        // The upstream compressed anyway: it cannot be checked, so it does not go out.
+        return Problem::new(
+            ErrorCode::BadGateway,
+            "the upstream sent an encoded response on a masked route",
+        )
+        .into_response();
+    }
+    if !is_json {
         return response;
     }
     let (mut parts, body) = response.into_parts();

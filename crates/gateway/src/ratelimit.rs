@@ -117,11 +117,20 @@ impl Verdict {
 
 /// Entries kept in memory before expired ones are swept.
 const SWEEP_AT: usize = 100_000;
+/// Least time between two sweeps, so a map full of live keys is not rescanned per request.
+const SWEEP_EVERY_MS: u64 = 10_000;
+
+/// Theoretical arrival times by key, with the time of the last sweep.
+#[derive(Default)]
+struct MemoryTats {
+    tats: HashMap<String, u64>,
+    swept_at: u64,
+}
 
 enum Backend {
     Memory {
         origin: Instant,
-        tats: Mutex<HashMap<String, u64>>,
+        tats: Mutex<MemoryTats>,
     },
     Redis(RedisStore),
 }
@@ -157,7 +166,7 @@ impl RateLimiter {
         RateLimiter {
             backend: Arc::new(Backend::Memory {
                 origin: Instant::now(),
-                tats: Mutex::new(HashMap::new()),
+                tats: Mutex::new(MemoryTats::default()),
             }),
             fail_open: true,
         }
@@ -177,13 +186,15 @@ impl RateLimiter {
         match &*self.backend {
             Backend::Memory { origin, tats } => {
                 let now = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let mut tats = tats.lock().unwrap_or_else(PoisonError::into_inner);
-                let (verdict, new_tat) = gcra(tats.get(key).copied(), now, rate);
+                let mut memory = tats.lock().unwrap_or_else(PoisonError::into_inner);
+                let (verdict, new_tat) = gcra(memory.tats.get(key).copied(), now, rate);
                 if let Some(new_tat) = new_tat {
-                    if tats.len() >= SWEEP_AT {
-                        tats.retain(|_, tat| *tat > now);
+                    if memory.tats.len() >= SWEEP_AT && now >= memory.swept_at + SWEEP_EVERY_MS {
+                        // A key whose TAT has passed is a full bucket: the same as no key.
+                        memory.tats.retain(|_, tat| *tat > now);
+                        memory.swept_at = now;
                     }
-                    tats.insert(key.to_owned(), new_tat);
+                    memory.tats.insert(key.to_owned(), new_tat);
                 }
                 Ok(verdict)
             }

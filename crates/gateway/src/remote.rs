@@ -289,9 +289,9 @@ impl RemotePool {
 
             let try_timeout = per_try.min(deadline.saturating_duration_since(now));
             health.requests.fetch_add(1, Ordering::Relaxed);
-            health.outstanding.fetch_add(1, Ordering::Relaxed);
+            let in_flight = Outstanding::new(&health.outstanding);
             let result = tokio::time::timeout(try_timeout, inner.client.request(outgoing)).await;
-            health.outstanding.fetch_sub(1, Ordering::Relaxed);
+            drop(in_flight);
             let finished = Instant::now();
             let elapsed = finished - now;
             let outcome = match result {
@@ -475,6 +475,22 @@ impl RemotePool {
             ejected_ms = duration_ms,
             "instance ejected after consecutive gateway errors"
         );
+    }
+}
+
+/// Counts a try in flight for as long as it lives, even when the request is abandoned.
+struct Outstanding<'a>(&'a AtomicU64);
+
+impl<'a> Outstanding<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Outstanding(counter)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -78,6 +78,9 @@ enum Phase {
 struct Inner {
     phase: Phase,
     buckets: Vec<Bucket>,
+    /// Bumped on every state change; a permit of an earlier state neither counts as a probe
+    /// nor gives a probe slot back.
+    generation: u64,
 }
 
 /// A circuit breaker for one upstream service.
@@ -103,13 +106,14 @@ impl std::fmt::Debug for Breaker {
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     recorded: bool,
+    generation: u64,
 }
 
 impl Permit<'_> {
     /// Reports the call's outcome at `now`: `failed` for a connection error, timeout or 5xx.
     pub fn record(mut self, failed: bool, elapsed: Duration, now: Instant) {
         self.recorded = true;
-        self.breaker.record(failed, elapsed, now);
+        self.breaker.record(failed, elapsed, now, self.generation);
     }
 }
 
@@ -117,7 +121,8 @@ impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
             let mut inner = self.breaker.lock();
-            if let Phase::HalfOpen { permitted, .. } = &mut inner.phase {
+            let current = inner.generation == self.generation;
+            if let (true, Phase::HalfOpen { permitted, .. }) = (current, &mut inner.phase) {
                 *permitted = permitted.saturating_sub(1);
             }
         }
@@ -137,6 +142,7 @@ impl Breaker {
             inner: Mutex::new(Inner {
                 phase: Phase::Closed,
                 buckets: vec![Bucket::default(); usize::try_from(seconds).unwrap_or(1)],
+                generation: 0,
             }),
             on_transition: Box::new(on_transition),
         }
@@ -169,6 +175,7 @@ impl Breaker {
                 failures: 0,
                 slow: 0,
             };
+            inner.generation += 1;
             (self.on_transition)(BreakerState::HalfOpen);
         }
         if let Phase::HalfOpen { permitted, .. } = &mut inner.phase {
@@ -181,12 +188,17 @@ impl Breaker {
         Ok(Permit {
             breaker: self,
             recorded: false,
+            generation: inner.generation,
         })
     }
 
-    fn record(&self, failed: bool, elapsed: Duration, now: Instant) {
+    fn record(&self, failed: bool, elapsed: Duration, now: Instant, generation: u64) {
         let slow = elapsed >= self.settings.slow_call_duration;
         let mut inner = self.lock();
+        if inner.generation != generation {
+            // Started under an earlier state: tells nothing about this one.
+            return;
+        }
         match &mut inner.phase {
             // A call that started before the breaker opened tells nothing new.
             Phase::Open { .. } => {}
@@ -231,6 +243,7 @@ impl Breaker {
                     } else {
                         inner.phase = Phase::Closed;
                         inner.buckets.fill(Bucket::default());
+                        inner.generation += 1;
                         (self.on_transition)(BreakerState::Closed);
                     }
                 }
@@ -248,6 +261,7 @@ impl Breaker {
         inner.phase = Phase::Open {
             until: now + self.settings.open_duration,
         };
+        inner.generation += 1;
         (self.on_transition)(BreakerState::Open);
     }
 }
@@ -351,6 +365,19 @@ mod tests {
 
     const FAST: Duration = Duration::from_millis(10);
 
+    fn permits(breaker: &Breaker, count: usize) -> Vec<Permit<'_>> {
+        (0..count)
+            .map(|_| breaker.acquire(Instant::now()).unwrap())
+            .collect()
+    }
+
+    /// Twenty failures: the breaker opens.
+    fn trip(breaker: &Breaker) {
+        for _ in 0..20 {
+            call(breaker, true);
+        }
+    }
+
     fn call(breaker: &Breaker, failed: bool) {
         breaker
             .acquire(Instant::now())
@@ -447,16 +474,43 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_probe_gives_its_slot_back() {
         let breaker = Breaker::new(&settings(), quiet);
-        for _ in 0..20 {
-            call(&breaker, true);
-        }
+        trip(&breaker);
         tokio::time::advance(Duration::from_secs(10)).await;
-        let probes: Vec<_> = (0..5)
-            .map(|_| breaker.acquire(Instant::now()).unwrap())
-            .collect();
+        let probes = permits(&breaker, 5);
         assert!(breaker.acquire(Instant::now()).is_err());
         drop(probes);
         assert!(breaker.acquire(Instant::now()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_started_before_a_state_change_do_not_count_after_it() {
+        let breaker = Breaker::new(&settings(), quiet);
+        // Slow calls in flight while the breaker trips...
+        let late = permits(&breaker, 5);
+        trip(&breaker);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probes = permits(&breaker, 5);
+        // ...finish during the half-open phase: neither results nor freed slots.
+        for permit in late.into_iter().take(3) {
+            permit.record(false, FAST, Instant::now());
+        }
+        assert_eq!(
+            breaker.state(),
+            BreakerState::HalfOpen,
+            "old calls are not probes"
+        );
+        assert!(
+            breaker.acquire(Instant::now()).is_err(),
+            "no extra probe slot"
+        );
+        for probe in probes {
+            probe.record(true, FAST, Instant::now());
+        }
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "the real probes decide"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -178,3 +178,39 @@ async fn entries_are_purged_by_tag_and_by_target() {
         "purged by tag"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn streamed_bodies_without_a_length_are_stored_too() {
+    let cache = cache();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fetch = {
+        let calls = std::sync::Arc::clone(&calls);
+        move || {
+            let calls = std::sync::Arc::clone(&calls);
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let chunks = futures_util::stream::iter(
+                    ["{\"a\":", "1}"].map(|chunk| Ok::<_, std::io::Error>(chunk.as_bytes())),
+                );
+                let mut response =
+                    axum::response::Response::new(axum::body::Body::from_stream(chunks));
+                response
+                    .headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=60"));
+                response
+            }
+        }
+    };
+    let none = HeaderMap::new();
+    for expected in ["MISS", "HIT"] {
+        let response = cache
+            .serve(support::key("/s"), &none, support::NO_TTL, fetch.clone())
+            .await;
+        assert_eq!(response.headers()["x-cache"], expected);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"{\"a\":1}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

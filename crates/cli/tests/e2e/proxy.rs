@@ -690,6 +690,19 @@ async fn a_cached_route_hits_bypasses_credentials_and_purges_by_tag() {
     assert_eq!((&anonymous, x_cache.as_str()), (&first, "HIT"));
     let (bob, _, _) = fetch(Some("Bearer bob"), None).await;
     assert_eq!(bob["auth"], "Bearer bob", "never alice's response");
+    // Naming Authorization in Connection (so the proxy strips it) does not hide it from the
+    // cache: still a bypass, never stored for others.
+    let hidden = platform
+        .client
+        .get(platform.url("/cached"))
+        .header("authorization", "Bearer carol")
+        .header("connection", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.headers()["x-cache"], "BYPASS");
+    let (after, x_cache, _) = fetch(None, None).await;
+    assert_eq!((&after, x_cache.as_str()), (&first, "HIT"));
 
     let (gzip_variant, x_cache, _) = fetch(None, Some("gzip")).await;
     assert_eq!(x_cache, "MISS", "another coding is another entry");
@@ -878,4 +891,9 @@ async fn cors_preflights_and_responses_follow_the_allow_list() {
     );
     let bare = gateway_get(&platform, "/echo/x").await;
     assert!(!bare.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(
+        bare.headers()["vary"],
+        "origin",
+        "caches keep origins apart"
+    );
 }

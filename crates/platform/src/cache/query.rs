@@ -139,7 +139,12 @@ impl QueryCache {
         if self.epoch.load(Ordering::Acquire) == epoch
             && let Ok(bytes) = serde_json::to_vec(&value)
         {
-            self.put(key, bytes).await;
+            self.put(key.clone(), bytes).await;
+            // An invalidation that ran while the value was being stored may have deleted the
+            // key before this write landed: take the write back.
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                self.forget(&[key]).await;
+            }
         }
         drop(claim);
         Ok(value)
@@ -153,6 +158,12 @@ impl QueryCache {
     pub async fn invalidate(&self, keys: &[String]) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         let names: Vec<String> = keys.iter().map(|key| self.full_key(key)).collect();
+        self.forget(&names).await;
+    }
+
+    /// Deletes entries by their full names.
+    async fn forget(&self, names: &[String]) {
+        let names = names.to_vec();
         match &*self.backend {
             Backend::Memory(entries) => {
                 for name in &names {

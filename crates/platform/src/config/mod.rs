@@ -210,8 +210,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_misc(config)
 }
 
-/// Origins are `scheme://host[:port]` (no path), or `*`.
+/// Origins are `scheme://host[:port]` (no path), or `*` alone.
 fn validate_cors(cors: &CorsConfig) -> Result<(), ConfigError> {
+    if cors.allowed_origins.len() > 1 && cors.allowed_origins.iter().any(|origin| origin == "*") {
+        return Err(ConfigError::new(
+            "cors.allowed_origins",
+            "`*` allows any origin (without credentials) and cannot be mixed with named origins",
+        ));
+    }
     for (index, origin) in cors.allowed_origins.iter().enumerate() {
         let valid = origin == "*"
             || origin.split_once("://").is_some_and(|(scheme, rest)| {

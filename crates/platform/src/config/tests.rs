@@ -131,6 +131,10 @@ fn bad_values_are_refused_by_key() {
             "cors.allowed_origins[1]",
         ),
         (
+            "[cors]\nallowed_origins = [\"https://a.example\", \"*\"]\n",
+            "cors.allowed_origins",
+        ),
+        (
             "[gateway.outlier]\nmax_ejected_percent = 150\n",
             "gateway.outlier.max_ejected_percent",
         ),
