@@ -139,7 +139,11 @@ async fn purge_cache(
         )])
         .into_response();
     }
-    let purged = cache.purge_tags(&request.tags).await + cache.purge_targets(&request.keys).await;
+    let by_tag = cache.purge_tags(&request.tags).await;
+    let by_key = cache.purge_targets(&request.keys).await;
+    crate::metrics::record_purge("tag", by_tag);
+    crate::metrics::record_purge("key", by_key);
+    let purged = by_tag + by_key;
     tracing::info!(tags = ?request.tags, keys = ?request.keys, purged, "cache purged");
     Json(json!({ "purged": purged })).into_response()
 }

@@ -25,11 +25,18 @@ pub const CACHE_RESULTS: &str = "gateway_cache_requests_total";
 /// Rate limit decisions by scope and outcome.
 pub const RATE_LIMITS: &str = "gateway_rate_limit_total";
 
+/// Cache entries removed by purges, by how they were named.
+pub const CACHE_PURGED: &str = "gateway_cache_purged_total";
+
 /// Values masked in responses.
 pub const MASKED: &str = "gateway_masked_fields_total";
 
 /// Describes the gateway metrics (call once after the recorder is installed).
 pub fn describe() {
+    metrics::describe_counter!(
+        CACHE_PURGED,
+        "Response cache entries removed by POST /admin/cache/purge (and purge events), by selector (tag, key)."
+    );
     metrics::describe_counter!(
         MASKED,
         "Sensitive values masked by the gateway in JSON responses of routes with masking on."
@@ -189,4 +196,10 @@ pub fn record_rate_limit(scope: &'static str, outcome: &'static str) {
 /// Counts values masked in one response.
 pub fn record_masked(count: usize) {
     metrics::counter!(MASKED).increment(u64::try_from(count).unwrap_or(u64::MAX));
+}
+
+/// Counts entries removed by a purge.
+pub fn record_purge(selector: &'static str, purged: usize) {
+    metrics::counter!(CACHE_PURGED, "selector" => selector)
+        .increment(u64::try_from(purged).unwrap_or(u64::MAX));
 }

@@ -737,6 +737,8 @@ async fn a_cached_route_hits_bypasses_credentials_and_purges_by_tag() {
         let line = format!("gateway_cache_requests_total{{result=\"{result}\"}}");
         assert!(metrics.contains(&line), "missing {line}");
     }
+    assert!(metrics.contains(r#"gateway_cache_purged_total{selector="tag"} 2"#));
+    assert!(metrics.contains(r#"gateway_cache_purged_total{selector="key"} 1"#));
 }
 
 /// A route limited per client IP: the limit's worth of requests with `RateLimit-*` headers
