@@ -19,16 +19,9 @@ use serde_json::{Map, Value};
 /// Verified tokens kept at most.
 const TOKEN_CACHE_ENTRIES: u64 = 100_000;
 
-/// Who is calling, as a verified token says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// The `sub` claim.
-    pub subject: String,
-    /// Roles from the issuer's roles claim.
-    pub roles: Vec<String>,
-    /// The issuer's configured name.
-    pub issuer: String,
-}
+/// Who is calling, as a verified token says (the platform's type, so in-process services
+/// receive exactly what the gateway verified).
+pub use logicore_platform::auth::Principal;
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,5 +1,8 @@
-//! Authentication building blocks shared by services: password hashing (and, with the users
-//! service, token signing and verification).
+//! Authentication and authorization building blocks shared by services: password hashing,
+//! token-signing keys, and the verified caller with its role permissions.
 
 pub mod password;
+pub mod principal;
 pub mod signing;
+
+pub use principal::{Caller, Permission, Principal};
