@@ -22,7 +22,7 @@ use logicore_gateway::{
     RoutingError, TrustedProxies, UpstreamResolver,
 };
 use logicore_platform::cache::{QueryCache, RedisStore};
-use logicore_platform::config::{self, Config, ConfigSource};
+use logicore_platform::config::{self, Config, ConfigSource, RouteConfig};
 use logicore_platform::crypto::masking::MaskRules;
 use logicore_platform::crypto::{self, KeyRing, KeySource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
@@ -32,6 +32,7 @@ use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::server::{self, ListenerService, ServerOptions, router_service};
 use logicore_platform::lifecycle::Hangups;
 use logicore_platform::telemetry::metrics::MetricsHandle;
+use logicore_users::{TokenSettings, UsersService};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -59,17 +60,21 @@ impl Roles {
 
 /// Every service's migrations, in one history.
 pub fn all_migrations() -> Vec<Migration> {
-    logicore_catalog::MIGRATIONS.to_vec()
+    [logicore_catalog::MIGRATIONS, logicore_users::MIGRATIONS].concat()
 }
 
-/// The built-in routes of every LogiCore service: (service, path prefixes).
-fn built_in_routes() -> Vec<(String, Vec<String>)> {
-    vec![(
-        logicore_catalog::SERVICE_NAME.to_owned(),
-        logicore_catalog::BUILT_IN_ROUTES
-            .map(str::to_owned)
-            .to_vec(),
-    )]
+/// The built-in routes of every LogiCore service (those of services that do not run here
+/// and have no instances are left out of the table).
+fn built_in_routes() -> Vec<RouteConfig> {
+    let catalog = logicore_catalog::BUILT_IN_ROUTES.map(|prefix| RouteConfig {
+        prefix: prefix.to_owned(),
+        service: logicore_catalog::SERVICE_NAME.to_owned(),
+        ..RouteConfig::default()
+    });
+    catalog
+        .into_iter()
+        .chain(logicore_users::built_in_routes())
+        .collect()
 }
 
 /// Opens the database named by the config (creating a SQLite file when needed).
@@ -89,7 +94,7 @@ pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
     if roles == Roles::All {
         local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
     }
-    edge_config(config, local, logicore_gateway::http_client(), None).map(drop)
+    edge_config(config, local, logicore_gateway::http_client(), None, None).map(drop)
 }
 
 /// Builds the reloadable edge rules (routes, upstreams, issuers, trusted proxies).
@@ -98,6 +103,7 @@ fn edge_config(
     local: BTreeMap<String, Router>,
     client: HttpClient,
     previous: Option<&RouteTable>,
+    local_jwks: Option<&str>,
 ) -> Result<EdgeConfig, RoutingError> {
     let discovery = Discovery::from_config(&config.discovery);
     let gateway = config.gateway.clone();
@@ -119,12 +125,32 @@ fn edge_config(
     Ok(EdgeConfig {
         table,
         authenticator: Authenticator::new(
-            &config.gateway.auth.issuers,
+            &issuers(config, local_jwks),
             config.auth.leeway,
             JwksOptions::default(),
         ),
         trusted_proxies: TrustedProxies::parse(&config.gateway.trusted_proxies),
     })
+}
+
+/// The token issuers: the configured ones, the default `logicore` issuer (no keys of its own
+/// configured) reading the JWKS of the users service when it runs in this process.
+fn issuers(
+    config: &Config,
+    local_jwks: Option<&str>,
+) -> Vec<logicore_platform::config::IssuerConfig> {
+    let mut issuers = config.gateway.auth.issuers.clone();
+    if let Some(url) = local_jwks {
+        for issuer in &mut issuers {
+            if issuer.name == "logicore"
+                && issuer.jwks_url.is_empty()
+                && issuer.hs256_secret.is_empty()
+            {
+                issuer.jwks_url = url.to_owned();
+            }
+        }
+    }
+    issuers
 }
 
 /// Re-reads the config on SIGHUP and swaps the gateway's edge rules when it is valid.
@@ -134,6 +160,7 @@ struct Reloader {
     local: BTreeMap<String, Router>,
     client: HttpClient,
     live: LiveEdge,
+    local_jwks: Option<String>,
 }
 
 impl Reloader {
@@ -152,6 +179,7 @@ impl Reloader {
             self.local.clone(),
             self.client.clone(),
             Some(&current.table),
+            self.local_jwks.as_deref(),
         ) {
             Ok(edge) => {
                 let routes = edge.table.routes().len();
@@ -205,19 +233,41 @@ impl Process {
         let process = match roles {
             Roles::All => {
                 // Field-encryption keys: `up` creates the key file when there is no key anywhere.
-                load_keys(config, true)?;
+                let ring = load_keys(config, true)?;
                 let db = open_migrated_database(config).await?;
+                // The gateway's address is needed first: it names the token issuer, and the
+                // gateway reads the users service's JWKS through it.
+                let gateway_listener = server::bind(config.gateway.listen).await?;
+                let bound = gateway_listener.local_addr()?;
+                let loopback = if bound.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    bound.ip()
+                };
+                let local_jwks = format!(
+                    "http://{}/.well-known/jwks.json",
+                    SocketAddr::new(loopback, bound.port())
+                );
                 let (catalog, catalog_api) = catalog_router(config, &db)?;
-                // The gateway enforces gateway.body_limit before a body reaches a local service.
-                let catalog = catalog.layer(DefaultBodyLimit::disable());
+                let (users, users_api) = users_router(config, &db, &ring, bound.port()).await?;
                 let mut local = BTreeMap::new();
-                local.insert(logicore_catalog::SERVICE_NAME.to_owned(), catalog);
+                // The gateway enforces gateway.body_limit before a body reaches a local service.
+                local.insert(
+                    logicore_catalog::SERVICE_NAME.to_owned(),
+                    catalog.layer(DefaultBodyLimit::disable()),
+                );
+                local.insert(
+                    logicore_users::SERVICE_NAME.to_owned(),
+                    users.layer(DefaultBodyLimit::disable()),
+                );
                 let edge = Edge {
                     local,
-                    apis: vec![catalog_api],
+                    apis: vec![catalog_api, users_api],
                     checks: vec![database_check(&db)],
+                    local_jwks: Some(local_jwks),
                 };
-                let (served, reloader) = bind_gateway(config, source, edge, metrics).await?;
+                let (served, reloader) =
+                    bind_gateway(config, source, edge, metrics, Some(gateway_listener)).await?;
                 Process {
                     served,
                     db: Some(db),
@@ -230,8 +280,9 @@ impl Process {
                     local: BTreeMap::new(),
                     apis: Vec::new(),
                     checks: Vec::new(),
+                    local_jwks: None,
                 };
-                let (served, reloader) = bind_gateway(config, source, edge, metrics).await?;
+                let (served, reloader) = bind_gateway(config, source, edge, metrics, None).await?;
                 Process {
                     served,
                     db: None,
@@ -306,6 +357,8 @@ struct Edge {
     local: BTreeMap<String, Router>,
     apis: Vec<utoipa::openapi::OpenApi>,
     checks: Vec<ReadinessCheck>,
+    /// The users service's JWKS when it runs here: the default `logicore` issuer's keys.
+    local_jwks: Option<String>,
 }
 
 /// Builds and binds the gateway and admin listeners.
@@ -314,6 +367,7 @@ async fn bind_gateway(
     source: &ConfigSource,
     edge: Edge,
     metrics: Option<MetricsHandle>,
+    listener: Option<TcpListener>,
 ) -> anyhow::Result<(Vec<Served>, Reloader)> {
     // The response cache and rate limits outlive reloads (they are not edge rules).
     let redis = redis_store(config)?;
@@ -332,6 +386,7 @@ async fn bind_gateway(
         edge.apis,
         cache.clone(),
         limiter,
+        edge.local_jwks,
     )?;
     let admin = logicore_gateway::admin_router(
         edge.checks,
@@ -341,8 +396,12 @@ async fn bind_gateway(
             cache: Some(cache),
         }),
     );
+    let gateway = match listener {
+        Some(listener) => serve_on("gateway", listener, gateway.into_service())?,
+        None => bind("gateway", config.gateway.listen, gateway.into_service()).await?,
+    };
     let served = vec![
-        bind("gateway", config.gateway.listen, gateway.into_service()).await?,
+        gateway,
         bind("admin", config.admin.listen, router_service(admin)).await?,
     ];
     log_public_url(config, &served[0])?;
@@ -357,6 +416,32 @@ async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
             .context("failed to apply migrations")?;
     }
     Ok(db)
+}
+
+/// The users service over `db`, its signing keys encrypted with `ring`; tokens name the
+/// gateway (`auth.issuer`, else `gateway.public_url`, else `http://127.0.0.1:<port>`) as issuer.
+async fn users_router(
+    config: &Config,
+    db: &Db,
+    ring: &KeyRing,
+    gateway_port: u16,
+) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
+    let issuer = if !config.auth.issuer.is_empty() {
+        config.auth.issuer.clone()
+    } else if !config.gateway.public_url.is_empty() {
+        config.gateway.public_url.clone()
+    } else {
+        format!("http://127.0.0.1:{gateway_port}")
+    };
+    let settings = TokenSettings {
+        issuer,
+        access_ttl: config.auth.access_token_ttl,
+        refresh_ttl: config.auth.refresh_token_ttl,
+    };
+    let service = UsersService::start(db.clone(), ring, settings)
+        .await
+        .map_err(|err| anyhow::anyhow!("the users service cannot start: {err}"))?;
+    Ok(logicore_users::router(service))
 }
 
 fn catalog_router(config: &Config, db: &Db) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
@@ -377,14 +462,22 @@ fn gateway_router(
     apis: Vec<utoipa::openapi::OpenApi>,
     cache: ResponseCache,
     limiter: RateLimiter,
+    local_jwks: Option<String>,
 ) -> anyhow::Result<(Gateway, Reloader)> {
     let client = logicore_gateway::http_client();
-    let live = LiveEdge::new(edge_config(config, local.clone(), client.clone(), None)?);
+    let live = LiveEdge::new(edge_config(
+        config,
+        local.clone(),
+        client.clone(),
+        None,
+        local_jwks.as_deref(),
+    )?);
     let reloader = Reloader {
         source: source.clone(),
         local,
         client,
         live: live.clone(),
+        local_jwks,
     };
     let settings = GatewaySettings {
         body_limit: config.gateway.body_limit.as_usize(),
@@ -465,7 +558,14 @@ async fn bind(
     addr: SocketAddr,
     service: ListenerService,
 ) -> anyhow::Result<Served> {
-    let listener = server::bind(addr).await?;
+    serve_on(role, server::bind(addr).await?, service)
+}
+
+fn serve_on(
+    role: &'static str,
+    listener: TcpListener,
+    service: ListenerService,
+) -> anyhow::Result<Served> {
     let bound = listener.local_addr()?;
     tracing::info!(role, addr = %bound, "listening");
     Ok(Served { listener, service })

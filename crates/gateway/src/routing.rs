@@ -182,31 +182,24 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table from built-in routes (service → prefixes) and the file routes.
+    /// Builds the table from the services' built-in routes and the file routes.
     ///
     /// A built-in route whose service cannot be resolved is left out (that service is not
     /// deployed); a file route whose service cannot be resolved is an error.
     pub fn build(
-        built_in: &[(String, Vec<String>)],
+        built_in: &[RouteConfig],
         file_routes: &[RouteConfig],
         resolver: &mut UpstreamResolver,
     ) -> Result<Self, RoutingError> {
         let mut by_prefix: BTreeMap<String, Route> = BTreeMap::new();
-        for (service, prefixes) in built_in {
-            let Some(upstream) = resolver.resolve(service) else {
+        for config in built_in {
+            let Some(upstream) = resolver.resolve(&config.service) else {
                 continue;
             };
-            for prefix in prefixes {
-                let config = RouteConfig {
-                    prefix: prefix.clone(),
-                    service: service.clone(),
-                    ..RouteConfig::default()
-                };
-                by_prefix.insert(
-                    normalise_prefix(prefix),
-                    route_from(&config, upstream.clone()),
-                );
-            }
+            by_prefix.insert(
+                normalise_prefix(&config.prefix),
+                route_from(config, upstream),
+            );
         }
         for (index, config) in file_routes.iter().enumerate() {
             let Some(upstream) = resolver.resolve(&config.service) else {
@@ -303,16 +296,18 @@ mod tests {
             Discovery::from_config(&discovery_config),
             crate::remote::http_client(),
         );
-        let built_in = vec![
-            (
-                "catalog".to_owned(),
-                vec![
-                    "/api/v1/products".to_owned(),
-                    "/api/v1/product-categories".to_owned(),
-                ],
-            ),
-            ("orders".to_owned(), vec!["/api/v1/orders".to_owned()]),
-        ];
+        let built_in: Vec<RouteConfig> = [
+            ("catalog", "/api/v1/products"),
+            ("catalog", "/api/v1/product-categories"),
+            ("orders", "/api/v1/orders"),
+        ]
+        .into_iter()
+        .map(|(service, prefix)| RouteConfig {
+            prefix: prefix.to_owned(),
+            service: service.to_owned(),
+            ..RouteConfig::default()
+        })
+        .collect();
         RouteTable::build(&built_in, file_routes, &mut resolver)
     }
 

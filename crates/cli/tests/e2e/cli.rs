@@ -95,12 +95,12 @@ fn migrate_applies_and_reports_the_schema_history() {
 
     let applied = run(&setup, &["migrate"]);
     assert!(applied.status.success(), "{}", stderr(&applied));
-    assert!(String::from_utf8_lossy(&applied.stdout).contains("1 migration(s) applied"));
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("2 migration(s) applied"));
 
     let status = run(&setup, &["migrate", "--status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(!text.contains("pending"), "{text}");
-    assert!(text.contains("catalog"), "{text}");
+    assert!(text.contains("catalog") && text.contains("users"), "{text}");
 }
 
 /// `up` creates the field-encryption key file (owner-only) on first start and keeps it;

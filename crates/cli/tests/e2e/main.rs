@@ -10,3 +10,4 @@ mod proxy;
 mod relay;
 mod split;
 mod support;
+mod users;

@@ -1,0 +1,166 @@
+//! Accounts through the gateway of `logicore up`: register, sign in, the caller's account with
+//! the issued token (verified by the gateway against the users service's JWKS), refresh
+//! rotation with reuse detection, sign-out.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Database, Platform, Setup};
+
+async fn me(platform: &Platform, token: &str) -> (StatusCode, Value) {
+    let reply = platform
+        .client
+        .get(platform.url("/api/v1/users/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = reply.status();
+    (status, reply.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn register_sign_in_and_read_the_account_with_the_token() {
+    for database in Database::all().await {
+        let setup = Setup::new(database);
+        let platform = setup.start();
+        let account =
+            json!({"email": "Ada@Example.com", "password": "correct horse", "name": "Ada"});
+        let (status, user) = platform.post_json("/api/v1/auth/register", &account).await;
+        assert_eq!(status, StatusCode::CREATED, "{user}");
+        assert_eq!(user["email"], "ada@example.com");
+        assert_eq!(user["roles"], json!(["customer"]));
+        assert!(user.get("password").is_none() && user.get("password_hash").is_none());
+
+        let (status, taken) = platform.post_json("/api/v1/auth/register", &account).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{taken}");
+        let (status, invalid) = platform
+            .post_json(
+                "/api/v1/auth/register",
+                &json!({"email": "nobody", "password": "short", "name": ""}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let fields: Vec<&str> = invalid["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|error| error["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["/email", "/password", "/name"]);
+
+        let (status, wrong) = platform
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"email": "ada@example.com", "password": "wrong horse"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (_, unknown) = platform
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"email": "nobody@example.com", "password": "wrong horse"}),
+            )
+            .await;
+        assert_eq!(wrong["detail"], unknown["detail"], "one message for both");
+
+        let (status, tokens) = platform
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"email": "ADA@example.com", "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        assert_eq!(tokens["token_type"], "Bearer");
+        assert_eq!(tokens["expires_in"], 900);
+        let access = tokens["access_token"].as_str().unwrap();
+        let header = jsonwebtoken::decode_header(access).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+
+        let (status, account) = me(&platform, access).await;
+        assert_eq!(status, StatusCode::OK, "{account}");
+        assert_eq!(account["id"], user["id"]);
+        let (status, _) = me(&platform, "not-a-token").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let anonymous = platform
+            .client
+            .get(platform.url("/api/v1/users/me"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+
+        let jwks: Value = platform
+            .client
+            .get(platform.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(jwks["keys"][0]["kty"], "OKP");
+        assert_eq!(jwks["keys"][0]["kid"].as_str(), header.kid.as_deref());
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let account = json!({"email": "bo@example.com", "password": "long enough", "name": "Bo"});
+    platform.post_json("/api/v1/auth/register", &account).await;
+    let (_, first) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "bo@example.com", "password": "long enough"}),
+        )
+        .await;
+    let refresh = |token: &Value| json!({"refresh_token": token});
+
+    let (status, second) = platform
+        .post_json("/api/v1/auth/refresh", &refresh(&first["refresh_token"]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    assert_eq!(
+        me(&platform, second["access_token"].as_str().unwrap())
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // The first token again: stolen and replayed, or replayed by mistake. Both copies die.
+    let (status, _) = platform
+        .post_json("/api/v1/auth/refresh", &refresh(&first["refresh_token"]))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = platform
+        .post_json("/api/v1/auth/refresh", &refresh(&second["refresh_token"]))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the whole family is revoked"
+    );
+
+    // A new sign-in works, and signing out ends its refresh token.
+    let (_, third) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "bo@example.com", "password": "long enough"}),
+        )
+        .await;
+    let logout = platform
+        .client
+        .post(platform.url("/api/v1/auth/logout"))
+        .json(&refresh(&third["refresh_token"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    let (status, _) = platform
+        .post_json("/api/v1/auth/refresh", &refresh(&third["refresh_token"]))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,151 @@
+//! HTTP handlers of the users service.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use logicore_platform::auth::Caller;
+use logicore_platform::http::json::parse_object;
+use logicore_platform::http::problem::ProblemBody;
+use logicore_platform::http::{Json, Problem};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::service::{Tokens, UsersService};
+use crate::store::UserRow;
+
+/// Registration body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterIn {
+    /// E-mail address (the sign-in name, case-insensitive).
+    pub email: String,
+    /// 8-256 characters.
+    pub password: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// Sign-in body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginIn {
+    /// E-mail address.
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Refresh and sign-out body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshIn {
+    /// The refresh token of the last sign-in or refresh.
+    pub refresh_token: String,
+}
+
+/// A user as shown to clients.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserOut {
+    /// Id.
+    pub id: String,
+    /// E-mail address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for UserOut {
+    fn from(user: UserRow) -> UserOut {
+        UserOut {
+            id: user.id.to_string(),
+            roles: user.role_list(),
+            email: user.email,
+            name: user.name,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// Creates a customer account.
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "users", request_body = RegisterIn,
+    responses(
+        (status = 201, description = "Registered", body = UserOut),
+        (status = 400, description = "Invalid fields", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "E-mail taken", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn register(
+    State(service): State<UsersService>,
+    Json(body): Json<Value>,
+) -> Result<Response, Problem> {
+    let body: RegisterIn = parse_object(body)?;
+    let user = service
+        .register(body.email, body.password, body.name)
+        .await?;
+    Ok((StatusCode::CREATED, Json(UserOut::from(user))).into_response())
+}
+
+/// Signs in.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "users", request_body = LoginIn,
+    responses(
+        (status = 200, description = "Tokens", body = Tokens),
+        (status = 401, description = "Invalid e-mail or password", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    State(service): State<UsersService>,
+    Json(body): Json<Value>,
+) -> Result<Json<Tokens>, Problem> {
+    let body: LoginIn = parse_object(body)?;
+    Ok(Json(service.login(&body.email, body.password).await?))
+}
+
+/// Exchanges a refresh token for new tokens (the old one is spent).
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "users", request_body = RefreshIn,
+    responses(
+        (status = 200, description = "Tokens", body = Tokens),
+        (status = 401, description = "Unknown, spent, revoked or expired", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn refresh(
+    State(service): State<UsersService>,
+    Json(body): Json<Value>,
+) -> Result<Json<Tokens>, Problem> {
+    let body: RefreshIn = parse_object(body)?;
+    Ok(Json(service.refresh(&body.refresh_token).await?))
+}
+
+/// Signs out (revokes the refresh token's family).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "users", request_body = RefreshIn,
+    responses((status = 204, description = "Signed out")))]
+pub async fn logout(
+    State(service): State<UsersService>,
+    Json(body): Json<Value>,
+) -> Result<StatusCode, Problem> {
+    let body: RefreshIn = parse_object(body)?;
+    service.logout(&body.refresh_token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's account.
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
+    responses(
+        (status = 200, description = "The account", body = UserOut),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn me(
+    State(service): State<UsersService>,
+    caller: Caller,
+) -> Result<Json<UserOut>, Problem> {
+    Ok(Json(UserOut::from(service.me(&caller.0.subject).await?)))
+}
+
+/// The public token-signing keys.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "users",
+    responses((status = 200, description = "JWKS (RFC 7517)")))]
+pub async fn jwks(State(service): State<UsersService>) -> Json<Value> {
+    Json(service.jwks())
+}

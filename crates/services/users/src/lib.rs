@@ -1,0 +1,81 @@
+//! The users service: accounts, sign-in with rotating refresh tokens, and the EdDSA keys that
+//! sign access tokens (published as a JWKS the gateway verifies against).
+//!
+//! It depends on `platform` only. [`router`] gives the HTTP surface with its OpenAPI
+//! description; [`MIGRATIONS`] the schema history; [`built_in_routes`] the gateway routes.
+
+pub mod error;
+pub mod http;
+pub mod service;
+pub mod store;
+
+use axum::Router;
+use logicore_platform::config::{Rate, RouteAuth, RouteConfig, RouteRateLimitConfig};
+use logicore_platform::db::Migration;
+use logicore_platform::http::{extract, request_context};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::UsersError;
+pub use service::{TokenSettings, UsersService};
+
+/// The service name used in routes, discovery and logs.
+pub const SERVICE_NAME: &str = "users";
+
+/// The users service's schema history.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2026112601,
+    name: "users: accounts, signing keys, refresh tokens",
+    sqlite: include_str!("../migrations/sqlite/2026112601_users.sql"),
+    postgres: include_str!("../migrations/postgres/2026112601_users.sql"),
+}];
+
+/// The gateway routes this service brings: sign-in and registration limited per client IP
+/// by default, `/api/v1/users` for signed-in callers only.
+pub fn built_in_routes() -> Vec<RouteConfig> {
+    let route = |prefix: &str, auth: RouteAuth| RouteConfig {
+        prefix: prefix.to_owned(),
+        service: SERVICE_NAME.to_owned(),
+        auth,
+        ..RouteConfig::default()
+    };
+    vec![
+        RouteConfig {
+            rate_limit: RouteRateLimitConfig {
+                per_ip: Some(Rate {
+                    count: 30,
+                    period: std::time::Duration::from_secs(60),
+                }),
+                per_user: None,
+            },
+            ..route("/api/v1/auth", RouteAuth::None)
+        },
+        route("/api/v1/users", RouteAuth::Required),
+        route("/.well-known/jwks.json", RouteAuth::None),
+    ]
+}
+
+#[derive(OpenApi)]
+#[openapi(tags((name = "users", description = "Accounts, sign-in and token keys")))]
+struct UsersApi;
+
+/// Returns the users service's HTTP routes and their OpenAPI description.
+pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, api) = OpenApiRouter::with_openapi(UsersApi::openapi())
+        .routes(routes!(http::register))
+        .routes(routes!(http::login))
+        .routes(routes!(http::refresh))
+        .routes(routes!(http::logout))
+        .routes(routes!(http::me))
+        .routes(routes!(http::jwks))
+        .with_state(service)
+        .split_for_parts();
+    let router = router
+        .route_layer(axum::middleware::from_fn(
+            request_context::tag_route_template,
+        ))
+        .method_not_allowed_fallback(extract::method_not_allowed)
+        .fallback(extract::not_found);
+    (router, api)
+}

@@ -1,0 +1,295 @@
+//! Accounts and tokens: registration, sign-in, refresh-token rotation, signing keys.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SubsecRound, Utc};
+use logicore_platform::auth::password;
+use logicore_platform::auth::signing::{self, SigningKey};
+use logicore_platform::crypto::KeyRing;
+use logicore_platform::db::Db;
+use logicore_platform::http::FieldError;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::UsersError;
+use crate::store::{UserRow, UsersStore};
+
+/// Role given at registration.
+pub const DEFAULT_ROLE: &str = "customer";
+/// `aud` of issued access tokens.
+pub const AUDIENCE: &str = "logicore";
+
+/// Token settings from `[auth]`.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// Access token lifetime.
+    pub access_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_ttl: Duration,
+}
+
+/// A sign-in's tokens.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Tokens {
+    /// A JWT (EdDSA) for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    /// Opaque; exchange it at `/api/v1/auth/refresh` (single use).
+    pub refresh_token: String,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: String,
+    roles: Vec<String>,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// The users service; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UsersService {
+    store: UsersStore,
+    settings: Arc<TokenSettings>,
+    /// Signing keys, the active (newest) first.
+    keys: Arc<RwLock<Vec<Arc<SigningKey>>>>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        panic!("the system random number generator failed");
+    }
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_hash(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+impl UsersService {
+    /// Opens the service: loads the signing keys (decrypting them with `ring`), creating the
+    /// first one when there is none.
+    pub async fn start(
+        db: Db,
+        ring: &KeyRing,
+        settings: TokenSettings,
+    ) -> Result<Self, UsersError> {
+        let store = UsersStore::new(db);
+        let mut keys = Vec::new();
+        for row in store.signing_keys().await? {
+            let key = SigningKey::from_encrypted(&row.kid, &row.private_key, ring)
+                .map_err(|err| UsersError::Keys(err.to_string()))?;
+            keys.push(Arc::new(key));
+        }
+        if keys.is_empty() {
+            let key = SigningKey::generate();
+            store
+                .insert_signing_key(key.kid(), &key.encrypted_private_key(ring), now())
+                .await?;
+            tracing::info!(kid = key.kid(), "generated the first token-signing key");
+            keys.push(Arc::new(key));
+        }
+        Ok(UsersService {
+            store,
+            settings: Arc::new(settings),
+            keys: Arc::new(RwLock::new(keys)),
+        })
+    }
+
+    fn active_key(&self) -> Result<Arc<SigningKey>, UsersError> {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.first()
+            .cloned()
+            .ok_or_else(|| UsersError::Keys("no signing key".into()))
+    }
+
+    /// The public keys as a JWKS document.
+    pub fn jwks(&self) -> Value {
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        signing::jwks(keys.iter().map(AsRef::as_ref))
+    }
+
+    /// Creates a customer account.
+    pub async fn register(
+        &self,
+        email: String,
+        password_text: String,
+        name: String,
+    ) -> Result<UserRow, UsersError> {
+        let mut errors = Vec::new();
+        let email = email.trim().to_lowercase();
+        let valid_email = (3..=254).contains(&email.len())
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+            })
+            && !email.chars().any(char::is_whitespace);
+        if !valid_email {
+            errors.push(FieldError::new("/email", "must be an e-mail address"));
+        }
+        if let Some(problem) = password::policy_violation(&password_text) {
+            errors.push(FieldError::new("/password", problem));
+        }
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 200 {
+            errors.push(FieldError::new("/name", "must be 1-200 characters"));
+        }
+        if !errors.is_empty() {
+            return Err(UsersError::Invalid(errors));
+        }
+        let now = now();
+        let user = UserRow {
+            id: Uuid::now_v7(),
+            email,
+            name,
+            password_hash: password::hash(password_text).await,
+            roles: DEFAULT_ROLE.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_user(&user).await?;
+        Ok(user)
+    }
+
+    /// Signs in with e-mail and password; the same error (and cost) for an unknown e-mail
+    /// and a wrong password.
+    pub async fn login(&self, email: &str, password_text: String) -> Result<Tokens, UsersError> {
+        let user = self
+            .store
+            .find_by_email(&email.trim().to_lowercase())
+            .await?;
+        let stored = user.as_ref().map(|user| user.password_hash.clone());
+        if !password::verify(password_text, stored).await {
+            return Err(UsersError::BadCredentials);
+        }
+        let user = user.ok_or(UsersError::BadCredentials)?;
+        let mut tx = self.store.begin().await?;
+        let refresh = random_token();
+        let now = now();
+        self.store
+            .insert_refresh(
+                &mut tx,
+                &token_hash(&refresh),
+                user.id,
+                Uuid::now_v7(),
+                now + self.settings.refresh_ttl,
+                now,
+            )
+            .await?;
+        tx.commit().await?;
+        self.tokens(&user, refresh)
+    }
+
+    /// Exchanges a refresh token for new tokens (rotation). A token used twice revokes its
+    /// whole family: whoever holds either copy must sign in again.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, UsersError> {
+        let hash = token_hash(refresh_token);
+        let now = now();
+        let mut tx = self.store.begin().await?;
+        let Some(row) = self.store.find_refresh(&mut tx, &hash).await? else {
+            return Err(UsersError::BadRefreshToken);
+        };
+        if row.used_at.is_some() && row.revoked_at.is_none() {
+            self.store
+                .revoke_family(&mut tx, row.family_id, now)
+                .await?;
+            tx.commit().await?;
+            tracing::warn!(user = %row.user_id, "a rotated refresh token was used again; its family is revoked");
+            return Err(UsersError::BadRefreshToken);
+        }
+        if row.revoked_at.is_some() || row.used_at.is_some() || row.expires_at <= now {
+            return Err(UsersError::BadRefreshToken);
+        }
+        self.store.mark_used(&mut tx, &hash, now).await?;
+        let next = random_token();
+        self.store
+            .insert_refresh(
+                &mut tx,
+                &token_hash(&next),
+                row.user_id,
+                row.family_id,
+                now + self.settings.refresh_ttl,
+                now,
+            )
+            .await?;
+        tx.commit().await?;
+        let user = self
+            .store
+            .get_user(row.user_id)
+            .await?
+            .ok_or(UsersError::BadRefreshToken)?;
+        self.tokens(&user, next)
+    }
+
+    /// Signs out: the refresh token's family is revoked (unknown tokens are fine).
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), UsersError> {
+        let mut tx = self.store.begin().await?;
+        if let Some(row) = self
+            .store
+            .find_refresh(&mut tx, &token_hash(refresh_token))
+            .await?
+        {
+            self.store
+                .revoke_family(&mut tx, row.family_id, now())
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The account of `subject` (a token's `sub`).
+    pub async fn me(&self, subject: &str) -> Result<UserRow, UsersError> {
+        let id = Uuid::parse_str(subject).map_err(|_| UsersError::NotFound)?;
+        self.store.get_user(id).await?.ok_or(UsersError::NotFound)
+    }
+
+    fn tokens(&self, user: &UserRow, refresh_token: String) -> Result<Tokens, UsersError> {
+        let key = self.active_key()?;
+        let issued = Utc::now().timestamp();
+        let ttl = self.settings.access_ttl.as_secs();
+        let claims = Claims {
+            iss: &self.settings.issuer,
+            aud: AUDIENCE,
+            sub: user.id.to_string(),
+            roles: user.role_list(),
+            iat: issued,
+            exp: issued + i64::try_from(ttl).unwrap_or(i64::MAX),
+            jti: Uuid::now_v7().to_string(),
+        };
+        let access_token = key
+            .sign(&claims)
+            .map_err(|err| UsersError::Keys(err.to_string()))?;
+        Ok(Tokens {
+            access_token,
+            token_type: "Bearer",
+            expires_in: ttl,
+            refresh_token,
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! Users storage: the only place with SQL.
+
+use chrono::{DateTime, Utc};
+use logicore_platform::db::{self, Db, Tx, Violation};
+use sea_query::{Expr, ExprTrait, Iden, Order, Query};
+use uuid::Uuid;
+
+use crate::error::UsersError;
+
+#[derive(Iden, Clone, Copy)]
+enum Users {
+    Table,
+    Id,
+    Email,
+    Name,
+    PasswordHash,
+    Roles,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(Iden, Clone, Copy)]
+enum SigningKeys {
+    Table,
+    Kid,
+    PrivateKey,
+    CreatedAt,
+}
+
+#[derive(Iden, Clone, Copy)]
+enum RefreshTokens {
+    Table,
+    TokenHash,
+    UserId,
+    FamilyId,
+    ExpiresAt,
+    UsedAt,
+    RevokedAt,
+    CreatedAt,
+}
+
+/// Every column of `users`, in [`UserRow`]'s order.
+const USER_COLUMNS: [Users; 7] = [
+    Users::Id,
+    Users::Email,
+    Users::Name,
+    Users::PasswordHash,
+    Users::Roles,
+    Users::CreatedAt,
+    Users::UpdatedAt,
+];
+
+/// A stored account.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    /// Id.
+    pub id: Uuid,
+    /// Lower-cased e-mail.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Comma-separated roles.
+    pub roles: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    /// The roles as a list.
+    pub fn role_list(&self) -> Vec<String> {
+        self.roles
+            .split(',')
+            .filter(|role| !role.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A stored signing key (private key encrypted).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SigningKeyRow {
+    /// Key id.
+    pub kid: String,
+    /// `v1:<kid>:<base64>` ciphertext of the PKCS#8 document.
+    pub private_key: String,
+}
+
+/// A stored refresh token (by hash).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RefreshRow {
+    /// Owner.
+    pub user_id: Uuid,
+    /// Rotation family.
+    pub family_id: Uuid,
+    /// End of validity.
+    pub expires_at: DateTime<Utc>,
+    /// Set once rotated.
+    pub used_at: Option<DateTime<Utc>>,
+    /// Set when the family was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Reads and writes accounts, signing keys and refresh tokens.
+#[derive(Debug, Clone)]
+pub struct UsersStore {
+    db: Db,
+}
+
+impl UsersStore {
+    /// Wraps the database handle.
+    pub fn new(db: Db) -> Self {
+        UsersStore { db }
+    }
+
+    /// Inserts an account; a taken e-mail is [`UsersError::EmailTaken`].
+    pub async fn insert_user(&self, user: &UserRow) -> Result<(), UsersError> {
+        let insert = Query::insert()
+            .into_table(Users::Table)
+            .columns(USER_COLUMNS)
+            .values_panic([
+                user.id.into(),
+                user.email.clone().into(),
+                user.name.clone().into(),
+                user.password_hash.clone().into(),
+                user.roles.clone().into(),
+                user.created_at.into(),
+                user.updated_at.into(),
+            ])
+            .to_owned();
+        let mut tx: Tx = self.db.begin().await?;
+        tx.execute(&insert)
+            .await
+            .map_err(|err| match db::violation(&err) {
+                Some(Violation::Unique) => UsersError::EmailTaken,
+                _ => UsersError::Storage(err),
+            })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn select_users() -> sea_query::SelectStatement {
+        Query::select()
+            .columns(USER_COLUMNS)
+            .from(Users::Table)
+            .to_owned()
+    }
+
+    /// Finds an account by (lower-cased) e-mail.
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<UserRow>, UsersError> {
+        let select = Self::select_users()
+            .and_where(Expr::col(Users::Email).eq(email))
+            .to_owned();
+        Ok(self.db.fetch_optional(&select).await?)
+    }
+
+    /// Finds an account by id.
+    pub async fn get_user(&self, id: Uuid) -> Result<Option<UserRow>, UsersError> {
+        let select = Self::select_users()
+            .and_where(Expr::col(Users::Id).eq(id))
+            .to_owned();
+        Ok(self.db.fetch_optional(&select).await?)
+    }
+
+    /// Every signing key, newest first.
+    pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, UsersError> {
+        let select = Query::select()
+            .columns([SigningKeys::Kid, SigningKeys::PrivateKey])
+            .from(SigningKeys::Table)
+            .order_by(SigningKeys::CreatedAt, Order::Desc)
+            .to_owned();
+        Ok(self.db.fetch_all(&select).await?)
+    }
+
+    /// Stores a signing key.
+    pub async fn insert_signing_key(
+        &self,
+        kid: &str,
+        private_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let insert = Query::insert()
+            .into_table(SigningKeys::Table)
+            .columns([
+                SigningKeys::Kid,
+                SigningKeys::PrivateKey,
+                SigningKeys::CreatedAt,
+            ])
+            .values_panic([kid.into(), private_key.into(), now.into()])
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        tx.execute(&insert).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a new refresh token (by hash) of `family`.
+    pub async fn insert_refresh(
+        &self,
+        tx: &mut Tx,
+        hash: &str,
+        user: Uuid,
+        family: Uuid,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let insert = Query::insert()
+            .into_table(RefreshTokens::Table)
+            .columns([
+                RefreshTokens::TokenHash,
+                RefreshTokens::UserId,
+                RefreshTokens::FamilyId,
+                RefreshTokens::ExpiresAt,
+                RefreshTokens::CreatedAt,
+            ])
+            .values_panic([
+                hash.into(),
+                user.into(),
+                family.into(),
+                expires_at.into(),
+                now.into(),
+            ])
+            .to_owned();
+        tx.execute(&insert).await?;
+        Ok(())
+    }
+
+    /// Opens a write transaction.
+    pub async fn begin(&self) -> Result<Tx, UsersError> {
+        Ok(self.db.begin().await?)
+    }
+
+    /// Finds a refresh token by hash, inside `tx`.
+    pub async fn find_refresh(
+        &self,
+        tx: &mut Tx,
+        hash: &str,
+    ) -> Result<Option<RefreshRow>, UsersError> {
+        let select = Query::select()
+            .columns([
+                RefreshTokens::UserId,
+                RefreshTokens::FamilyId,
+                RefreshTokens::ExpiresAt,
+                RefreshTokens::UsedAt,
+                RefreshTokens::RevokedAt,
+            ])
+            .from(RefreshTokens::Table)
+            .and_where(Expr::col(RefreshTokens::TokenHash).eq(hash))
+            .to_owned();
+        Ok(tx.fetch_optional(&select).await?)
+    }
+
+    /// Marks a refresh token used (rotated).
+    pub async fn mark_used(
+        &self,
+        tx: &mut Tx,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let update = Query::update()
+            .table(RefreshTokens::Table)
+            .value(RefreshTokens::UsedAt, now)
+            .and_where(Expr::col(RefreshTokens::TokenHash).eq(hash))
+            .to_owned();
+        tx.execute(&update).await?;
+        Ok(())
+    }
+
+    /// Revokes every token of a family.
+    pub async fn revoke_family(
+        &self,
+        tx: &mut Tx,
+        family: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let update = Query::update()
+            .table(RefreshTokens::Table)
+            .value(RefreshTokens::RevokedAt, now)
+            .and_where(Expr::col(RefreshTokens::FamilyId).eq(family))
+            .and_where(Expr::col(RefreshTokens::RevokedAt).is_null())
+            .to_owned();
+        tx.execute(&update).await?;
+        Ok(())
+    }
+}
