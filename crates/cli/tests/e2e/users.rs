@@ -164,3 +164,19 @@ async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_family() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Sign-in, registration and the other `/api/v1/auth` endpoints are rate limited per client
+/// IP by default (30 a minute).
+#[tokio::test]
+async fn the_auth_endpoints_are_rate_limited_by_default() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let bogus = json!({"refresh_token": "nothing"});
+    for attempt in 1..=30 {
+        let (status, _) = platform.post_json("/api/v1/auth/refresh", &bogus).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let (status, problem) = platform.post_json("/api/v1/auth/refresh", &bogus).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
+    assert_eq!(problem["type"], "/problems/rate-limited");
+}
