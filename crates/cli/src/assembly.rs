@@ -441,7 +441,36 @@ async fn users_router(
     let service = UsersService::start(db.clone(), ring, settings)
         .await
         .map_err(|err| anyhow::anyhow!("the users service cannot start: {err}"))?;
+    bootstrap_admin(db).await?;
     Ok(logicore_users::router(service))
+}
+
+/// Default e-mail of the first admin (`LOGICORE_ADMIN_EMAIL` overrides it).
+const DEFAULT_ADMIN_EMAIL: &str = "admin@logicore.local";
+
+/// First start: creates the admin account from `LOGICORE_ADMIN_EMAIL` /
+/// `LOGICORE_ADMIN_PASSWORD`, or with a generated password printed once on stderr (never
+/// logged).
+async fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
+    let email =
+        std::env::var("LOGICORE_ADMIN_EMAIL").unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into());
+    let password = std::env::var("LOGICORE_ADMIN_PASSWORD")
+        .ok()
+        .filter(|text| !text.is_empty());
+    let created = logicore_users::service::ensure_admin(db, &email, password)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot create the first admin account ({email}): {err}"))?;
+    if let Some((user, generated)) = created {
+        tracing::warn!(email = %user.email, "created the first admin account");
+        if let Some(password) = generated {
+            eprintln!(
+                "logicore: created the admin account {} with the password {password} \
+                 (shown once: sign in and change it, or set LOGICORE_ADMIN_PASSWORD)",
+                user.email
+            );
+        }
+    }
+    Ok(())
 }
 
 fn catalog_router(config: &Config, db: &Db) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {

@@ -162,7 +162,7 @@ impl Command {
                 name: ServiceName::Webhooks,
             } => Some("logicore service webhooks"),
             Command::Worker => Some("logicore worker"),
-            Command::Users { .. } => Some("logicore users"),
+            Command::Users { .. } => None,
             Command::Keys {
                 action: KeysAction::Generate | KeysAction::Rotate,
             } => None,

@@ -16,7 +16,7 @@ use logicore_platform::telemetry::{self, LogGuard, LogSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::assembly::Roles;
-use crate::cli::{Cli, Command, ConfigAction, KeysAction};
+use crate::cli::{Cli, Command, ConfigAction, KeysAction, UsersAction};
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc maps and unmaps every block
 /// over 128 KiB, which made each compressed response pay for fresh zeroed pages.
@@ -101,8 +101,77 @@ async fn run(command: Command, config: Config, source: ConfigSource) -> anyhow::
         Command::Keys {
             action: KeysAction::Rotate,
         } => rotate_keys(&config),
+        Command::Users {
+            action:
+                UsersAction::Create {
+                    email,
+                    role,
+                    password_stdin,
+                },
+        } => create_user(&config, email, role, password_stdin).await,
         other => anyhow::bail!("{other:?} is not yet supported"),
     }
+}
+
+/// `logicore users create`: an account with the given roles; the password comes from stdin
+/// or is generated and printed once.
+async fn create_user(
+    config: &Config,
+    email: String,
+    roles: Vec<String>,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let _log_guard = init_logging(config, None)?;
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        Some(line.trim_end_matches(['\r', '\n']).to_owned())
+    } else {
+        None
+    };
+    let generated = password
+        .is_none()
+        .then(|| KeyRing::generate_entry()[..20].replace(':', "x"));
+    let roles = if roles.is_empty() {
+        vec!["customer".to_owned()]
+    } else {
+        roles
+    };
+    let db = assembly::open_database(config).await?;
+    apply_migrations(&db, &assembly::all_migrations())
+        .await
+        .context("failed to apply migrations")?;
+    let name = email.split('@').next().unwrap_or("user").to_owned();
+    let created = logicore_users::service::create_account(
+        &db,
+        email,
+        password.or_else(|| generated.clone()).unwrap_or_default(),
+        name,
+        &roles,
+    )
+    .await;
+    db.close().await;
+    let user = created.map_err(|err| match err {
+        logicore_users::UsersError::Invalid(errors) => anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(|error| format!("{}: {}", error.field.trim_start_matches('/'), error.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        other => anyhow::anyhow!("{other}"),
+    })?;
+    println!(
+        "created {} ({}) with roles {}",
+        user.email, user.id, user.roles
+    );
+    if let Some(password) = generated {
+        println!("password: {password}  (shown once)");
+    }
+    Ok(())
 }
 
 /// Adds a new active field-encryption key: to the key file, or (keys from the environment)

@@ -180,3 +180,80 @@ async fn the_auth_endpoints_are_rate_limited_by_default() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
     assert_eq!(problem["type"], "/problems/rate-limited");
 }
+
+/// The first start creates the admin from `LOGICORE_ADMIN_EMAIL` / `LOGICORE_ADMIN_PASSWORD`;
+/// `logicore users create` adds accounts with roles (password from stdin).
+#[tokio::test]
+async fn the_bootstrap_admin_and_users_create() {
+    let setup = Setup::new(Database::Sqlite)
+        .env("LOGICORE_ADMIN_EMAIL", "root@example.com")
+        .env("LOGICORE_ADMIN_PASSWORD", "bootstrap secret");
+    let platform = setup.start();
+    let (status, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "root@example.com", "password": "bootstrap secret"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (_, admin) = me(&platform, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(admin["roles"], json!(["admin"]));
+    platform.terminate();
+    assert!(platform.wait().success());
+
+    let mut create = setup.command(&[
+        "users",
+        "create",
+        "--email",
+        "ops@example.com",
+        "--role",
+        "ops",
+        "--password-stdin",
+    ]);
+    create
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = create.spawn().unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"operations secret\n")
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ops@example.com"));
+
+    let refused = setup
+        .command(&[
+            "users",
+            "create",
+            "--email",
+            "x@example.com",
+            "--role",
+            "wizard",
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("roles"));
+
+    let again = setup.start();
+    let (status, tokens) = again
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "ops@example.com", "password": "operations secret"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (_, ops) = me(&again, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(ops["roles"], json!(["ops"]));
+}

@@ -58,6 +58,112 @@ struct Claims<'a> {
     jti: String,
 }
 
+/// Roles an account may be given.
+pub const ROLES: [&str; 4] = ["admin", "catalog_manager", "ops", "customer"];
+
+/// Creates an account with `roles` (operators: `logicore users create`, the bootstrap
+/// admin). Validation as for registration, and every role must be known.
+pub async fn create_account(
+    db: &Db,
+    email: String,
+    password_text: String,
+    name: String,
+    roles: &[String],
+) -> Result<UserRow, UsersError> {
+    let mut errors = check_account(&email, &password_text, &name);
+    if roles.is_empty() || roles.iter().any(|role| !ROLES.contains(&role.as_str())) {
+        errors.push(FieldError::new(
+            "/roles",
+            "roles must be among admin, catalog_manager, ops, customer",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(UsersError::Invalid(errors));
+    }
+    insert_account(
+        &UsersStore::new(db.clone()),
+        email,
+        password_text,
+        name,
+        roles.join(","),
+    )
+    .await
+}
+
+/// Field errors of an account's e-mail, password and name.
+fn check_account(email: &str, password_text: &str, name: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let email = email.trim().to_lowercase();
+    let valid_email = (3..=254).contains(&email.len())
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !email.chars().any(char::is_whitespace);
+    if !valid_email {
+        errors.push(FieldError::new("/email", "must be an e-mail address"));
+    }
+    if let Some(problem) = password::policy_violation(password_text) {
+        errors.push(FieldError::new("/password", problem));
+    }
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        errors.push(FieldError::new("/name", "must be 1-200 characters"));
+    }
+    errors
+}
+
+async fn insert_account(
+    store: &UsersStore,
+    email: String,
+    password_text: String,
+    name: String,
+    roles: String,
+) -> Result<UserRow, UsersError> {
+    let now = now();
+    let user = UserRow {
+        id: Uuid::now_v7(),
+        email: email.trim().to_lowercase(),
+        name: name.trim().to_owned(),
+        password_hash: password::hash(password_text).await,
+        roles,
+        created_at: now,
+        updated_at: now,
+    };
+    store.insert_user(&user).await?;
+    Ok(user)
+}
+
+/// The first start's admin: when no account has the `admin` role, one is created from
+/// `email` and `password`, or with a generated password that is returned (to be shown once).
+pub async fn ensure_admin(
+    db: &Db,
+    email: &str,
+    password_text: Option<String>,
+) -> Result<Option<(UserRow, Option<String>)>, UsersError> {
+    let store = UsersStore::new(db.clone());
+    if store.any_admin().await? {
+        return Ok(None);
+    }
+    let generated = password_text
+        .is_none()
+        .then(|| random_token()[..24].to_owned());
+    let password_text = password_text
+        .or_else(|| generated.clone())
+        .unwrap_or_default();
+    let user = create_account(
+        db,
+        email.to_owned(),
+        password_text,
+        "Administrator".to_owned(),
+        &["admin".to_owned()],
+    )
+    .await?;
+    Ok(Some((user, generated)))
+}
+
 /// The users service; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UsersService {
@@ -77,6 +183,11 @@ fn random_token() -> String {
         panic!("the system random number generator failed");
     }
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A random password for accounts created without one: 24 characters (144 bits).
+pub fn random_password() -> String {
+    random_token()[..24].to_owned()
 }
 
 fn token_hash(token: &str) -> String {
@@ -140,41 +251,18 @@ impl UsersService {
         password_text: String,
         name: String,
     ) -> Result<UserRow, UsersError> {
-        let mut errors = Vec::new();
-        let email = email.trim().to_lowercase();
-        let valid_email = (3..=254).contains(&email.len())
-            && email.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty()
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
-            })
-            && !email.chars().any(char::is_whitespace);
-        if !valid_email {
-            errors.push(FieldError::new("/email", "must be an e-mail address"));
-        }
-        if let Some(problem) = password::policy_violation(&password_text) {
-            errors.push(FieldError::new("/password", problem));
-        }
-        let name = name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 200 {
-            errors.push(FieldError::new("/name", "must be 1-200 characters"));
-        }
+        let errors = check_account(&email, &password_text, &name);
         if !errors.is_empty() {
             return Err(UsersError::Invalid(errors));
         }
-        let now = now();
-        let user = UserRow {
-            id: Uuid::now_v7(),
+        insert_account(
+            &self.store,
             email,
+            password_text,
             name,
-            password_hash: password::hash(password_text).await,
-            roles: DEFAULT_ROLE.to_owned(),
-            created_at: now,
-            updated_at: now,
-        };
-        self.store.insert_user(&user).await?;
-        Ok(user)
+            DEFAULT_ROLE.to_owned(),
+        )
+        .await
     }
 
     /// Signs in with e-mail and password; the same error (and cost) for an unknown e-mail

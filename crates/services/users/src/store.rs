@@ -165,6 +165,18 @@ impl UsersStore {
         Ok(self.db.fetch_optional(&select).await?)
     }
 
+    /// Returns true when some account has the `admin` role.
+    pub async fn any_admin(&self) -> Result<bool, UsersError> {
+        let select = Query::select()
+            .column(Users::Roles)
+            .from(Users::Table)
+            .to_owned();
+        let rows: Vec<(String,)> = self.db.fetch_all(&select).await?;
+        Ok(rows
+            .iter()
+            .any(|(roles,)| roles.split(',').any(|role| role == "admin")))
+    }
+
     /// Every signing key, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, UsersError> {
         let select = Query::select()
