@@ -233,7 +233,7 @@ impl Process {
         let process = match roles {
             Roles::All => {
                 // Field-encryption keys: `up` creates the key file when there is no key anywhere.
-                let ring = load_keys(config, true)?;
+                let ring = std::sync::Arc::new(load_keys(config, true)?);
                 let db = open_migrated_database(config).await?;
                 // The gateway's address is needed first: it names the token issuer, and the
                 // gateway reads the users service's JWKS through it.
@@ -423,7 +423,7 @@ async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
 async fn users_router(
     config: &Config,
     db: &Db,
-    ring: &KeyRing,
+    ring: &std::sync::Arc<KeyRing>,
     gateway_port: u16,
 ) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
     let issuer = if !config.auth.issuer.is_empty() {
@@ -438,7 +438,7 @@ async fn users_router(
         access_ttl: config.auth.access_token_ttl,
         refresh_ttl: config.auth.refresh_token_ttl,
     };
-    let service = UsersService::start(db.clone(), ring, settings)
+    let service = UsersService::start(db.clone(), std::sync::Arc::clone(ring), settings)
         .await
         .map_err(|err| anyhow::anyhow!("the users service cannot start: {err}"))?;
     bootstrap_admin(db).await?;

@@ -257,3 +257,44 @@ async fn the_bootstrap_admin_and_users_create() {
     let (_, ops) = me(&again, tokens["access_token"].as_str().unwrap()).await;
     assert_eq!(ops["roles"], json!(["ops"]));
 }
+
+/// `PATCH /api/v1/users/me` changes the name and the SSN, which only ever comes back masked.
+#[tokio::test]
+async fn the_ssn_is_accepted_and_only_shown_masked() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let account = json!({"email": "sam@example.com", "password": "long enough", "name": "Sam"});
+    platform.post_json("/api/v1/auth/register", &account).await;
+    let (_, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "sam@example.com", "password": "long enough"}),
+        )
+        .await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let patched = platform
+        .client
+        .patch(platform.url("/api/v1/users/me"))
+        .bearer_auth(token)
+        .json(&json!({"ssn": "123-45-6789", "name": "Samuel"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    let body: Value = patched.json().await.unwrap();
+    assert_eq!(
+        (body["ssn"].as_str(), body["name"].as_str()),
+        (Some("***-**-6789"), Some("Samuel"))
+    );
+    let (_, again) = me(&platform, token).await;
+    assert_eq!(again["ssn"], "***-**-6789");
+    let invalid = platform
+        .client
+        .patch(platform.url("/api/v1/users/me"))
+        .bearer_auth(token)
+        .json(&json!({"ssn": "12-345-6789"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
+}

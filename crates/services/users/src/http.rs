@@ -56,15 +56,18 @@ pub struct UserOut {
     pub name: String,
     /// Roles.
     pub roles: Vec<String>,
+    /// The SSN, masked (`***-**-6789`), or null.
+    pub ssn: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
 
-impl From<UserRow> for UserOut {
-    fn from(user: UserRow) -> UserOut {
+impl UserOut {
+    fn of(service: &UsersService, user: UserRow) -> UserOut {
         UserOut {
             id: user.id.to_string(),
             roles: user.role_list(),
+            ssn: service.masked_ssn(&user),
             email: user.email,
             name: user.name,
             created_at: user.created_at,
@@ -87,7 +90,7 @@ pub async fn register(
     let user = service
         .register(body.email, body.password, body.name)
         .await?;
-    Ok((StatusCode::CREATED, Json(UserOut::from(user))).into_response())
+    Ok((StatusCode::CREATED, Json(UserOut::of(&service, user))).into_response())
 }
 
 /// Signs in.
@@ -140,7 +143,25 @@ pub async fn me(
     State(service): State<UsersService>,
     caller: Caller,
 ) -> Result<Json<UserOut>, Problem> {
-    Ok(Json(UserOut::from(service.me(&caller.0.subject).await?)))
+    let user = service.me(&caller.0.subject).await?;
+    Ok(Json(UserOut::of(&service, user)))
+}
+
+/// Changes the caller's name or SSN (JSON merge patch; the SSN is stored encrypted and only
+/// ever shown masked).
+#[utoipa::path(patch, path = "/api/v1/users/me", tag = "users",
+    responses(
+        (status = 200, description = "The account", body = UserOut),
+        (status = 400, description = "Invalid fields", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn patch_me(
+    State(service): State<UsersService>,
+    caller: Caller,
+    Json(patch): Json<Value>,
+) -> Result<Json<UserOut>, Problem> {
+    let user = service.update_me(&caller.0.subject, &patch).await?;
+    Ok(Json(UserOut::of(&service, user)))
 }
 
 /// The public token-signing keys.

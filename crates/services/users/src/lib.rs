@@ -24,12 +24,20 @@ pub use service::{TokenSettings, UsersService};
 pub const SERVICE_NAME: &str = "users";
 
 /// The users service's schema history.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112601,
-    name: "users: accounts, signing keys, refresh tokens",
-    sqlite: include_str!("../migrations/sqlite/2026112601_users.sql"),
-    postgres: include_str!("../migrations/postgres/2026112601_users.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112601,
+        name: "users: accounts, signing keys, refresh tokens",
+        sqlite: include_str!("../migrations/sqlite/2026112601_users.sql"),
+        postgres: include_str!("../migrations/postgres/2026112601_users.sql"),
+    },
+    Migration {
+        version: 2026112602,
+        name: "users: encrypted SSN",
+        sqlite: include_str!("../migrations/sqlite/2026112602_users_ssn.sql"),
+        postgres: include_str!("../migrations/postgres/2026112602_users_ssn.sql"),
+    },
+];
 
 /// The gateway routes this service brings: sign-in and registration limited per client IP
 /// by default, `/api/v1/users` for signed-in callers only.
@@ -67,7 +75,7 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(http::login))
         .routes(routes!(http::refresh))
         .routes(routes!(http::logout))
-        .routes(routes!(http::me))
+        .routes(routes!(http::me, http::patch_me))
         .routes(routes!(http::jwks))
         .with_state(service)
         .split_for_parts();

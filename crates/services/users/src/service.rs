@@ -8,7 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use logicore_platform::auth::password;
 use logicore_platform::auth::signing::{self, SigningKey};
-use logicore_platform::crypto::KeyRing;
+use logicore_platform::crypto::masking::mask_ssn;
+use logicore_platform::crypto::{FieldContext, KeyRing};
 use logicore_platform::db::Db;
 use logicore_platform::http::FieldError;
 use serde::Serialize;
@@ -129,6 +130,7 @@ async fn insert_account(
         name: name.trim().to_owned(),
         password_hash: password::hash(password_text).await,
         roles,
+        ssn: None,
         created_at: now,
         updated_at: now,
     };
@@ -168,6 +170,7 @@ pub async fn ensure_admin(
 #[derive(Debug, Clone)]
 pub struct UsersService {
     store: UsersStore,
+    ring: Arc<KeyRing>,
     settings: Arc<TokenSettings>,
     /// Signing keys, the active (newest) first.
     keys: Arc<RwLock<Vec<Arc<SigningKey>>>>,
@@ -185,6 +188,23 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+fn ssn_context(row: &str) -> FieldContext<'_> {
+    FieldContext {
+        table: "users",
+        column: "ssn",
+        row,
+    }
+}
+
+fn is_ssn(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 11
+        && bytes.iter().enumerate().all(|(index, byte)| match index {
+            3 | 6 => *byte == b'-',
+            _ => byte.is_ascii_digit(),
+        })
+}
+
 /// A random password for accounts created without one: 24 characters (144 bits).
 pub fn random_password() -> String {
     random_token()[..24].to_owned()
@@ -200,26 +220,27 @@ impl UsersService {
     /// first one when there is none.
     pub async fn start(
         db: Db,
-        ring: &KeyRing,
+        ring: Arc<KeyRing>,
         settings: TokenSettings,
     ) -> Result<Self, UsersError> {
         let store = UsersStore::new(db);
         let mut keys = Vec::new();
         for row in store.signing_keys().await? {
-            let key = SigningKey::from_encrypted(&row.kid, &row.private_key, ring)
+            let key = SigningKey::from_encrypted(&row.kid, &row.private_key, &ring)
                 .map_err(|err| UsersError::Keys(err.to_string()))?;
             keys.push(Arc::new(key));
         }
         if keys.is_empty() {
             let key = SigningKey::generate();
             store
-                .insert_signing_key(key.kid(), &key.encrypted_private_key(ring), now())
+                .insert_signing_key(key.kid(), &key.encrypted_private_key(&ring), now())
                 .await?;
             tracing::info!(kid = key.kid(), "generated the first token-signing key");
             keys.push(Arc::new(key));
         }
         Ok(UsersService {
             store,
+            ring,
             settings: Arc::new(settings),
             keys: Arc::new(RwLock::new(keys)),
         })
@@ -349,6 +370,60 @@ impl UsersService {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The SSN of `user`, masked (`***-**-6789`); `None` when there is none. A stored value
+    /// that does not decrypt is logged and not shown.
+    pub fn masked_ssn(&self, user: &UserRow) -> Option<String> {
+        let stored = user.ssn.as_deref()?;
+        let id = user.id.to_string();
+        match self.ring.decrypt(stored, ssn_context(&id)) {
+            Ok(plain) => Some(mask_ssn(&String::from_utf8_lossy(&plain))),
+            Err(err) => {
+                tracing::error!(user = %user.id, error = %err, "a stored SSN does not decrypt");
+                None
+            }
+        }
+    }
+
+    /// Applies a JSON merge patch (`name`, `ssn`; `null` removes the SSN) to the account of
+    /// `subject`; the SSN is stored encrypted.
+    pub async fn update_me(&self, subject: &str, patch: &Value) -> Result<UserRow, UsersError> {
+        let user = self.me(subject).await?;
+        let Value::Object(fields) = patch else {
+            return Err(UsersError::Invalid(vec![FieldError::new(
+                "",
+                "must be a JSON object",
+            )]));
+        };
+        let mut errors = Vec::new();
+        let mut name = user.name.clone();
+        let mut ssn = user.ssn.clone();
+        for (field, value) in fields {
+            match (field.as_str(), value) {
+                ("name", Value::String(text))
+                    if !text.trim().is_empty() && text.trim().chars().count() <= 200 =>
+                {
+                    name = text.trim().to_owned();
+                }
+                ("name", _) => errors.push(FieldError::new("/name", "must be 1-200 characters")),
+                ("ssn", Value::Null) => ssn = None,
+                ("ssn", Value::String(text)) if is_ssn(text) => {
+                    let id = user.id.to_string();
+                    ssn = Some(self.ring.encrypt(text.as_bytes(), ssn_context(&id)));
+                }
+                ("ssn", _) => errors.push(FieldError::new("/ssn", "must be NNN-NN-NNNN")),
+                ("id" | "email" | "roles" | "created_at", _) => {}
+                (other, _) => errors.push(FieldError::new(format!("/{other}"), "unknown field")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(UsersError::Invalid(errors));
+        }
+        self.store
+            .update_profile(user.id, &name, ssn.as_deref(), now())
+            .await?;
+        self.me(subject).await
     }
 
     /// The account of `subject` (a token's `sub`).

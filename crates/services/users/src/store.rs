@@ -15,6 +15,7 @@ enum Users {
     Name,
     PasswordHash,
     Roles,
+    Ssn,
     CreatedAt,
     UpdatedAt,
 }
@@ -40,12 +41,13 @@ enum RefreshTokens {
 }
 
 /// Every column of `users`, in [`UserRow`]'s order.
-const USER_COLUMNS: [Users; 7] = [
+const USER_COLUMNS: [Users; 8] = [
     Users::Id,
     Users::Email,
     Users::Name,
     Users::PasswordHash,
     Users::Roles,
+    Users::Ssn,
     Users::CreatedAt,
     Users::UpdatedAt,
 ];
@@ -63,6 +65,8 @@ pub struct UserRow {
     pub password_hash: String,
     /// Comma-separated roles.
     pub roles: String,
+    /// The SSN, encrypted (`v1:<kid>:...`, bound to `users.ssn` of this id).
+    pub ssn: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -127,6 +131,7 @@ impl UsersStore {
                 user.name.clone().into(),
                 user.password_hash.clone().into(),
                 user.roles.clone().into(),
+                user.ssn.clone().into(),
                 user.created_at.into(),
                 user.updated_at.into(),
             ])
@@ -163,6 +168,27 @@ impl UsersStore {
             .and_where(Expr::col(Users::Id).eq(id))
             .to_owned();
         Ok(self.db.fetch_optional(&select).await?)
+    }
+
+    /// Changes an account's name and encrypted SSN.
+    pub async fn update_profile(
+        &self,
+        id: Uuid,
+        name: &str,
+        ssn: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let update = Query::update()
+            .table(Users::Table)
+            .value(Users::Name, name)
+            .value(Users::Ssn, ssn.map(str::to_owned))
+            .value(Users::UpdatedAt, now)
+            .and_where(Expr::col(Users::Id).eq(id))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Returns true when some account has the `admin` role.
