@@ -164,11 +164,8 @@ impl Command {
             Command::Worker => Some("logicore worker"),
             Command::Users { .. } => None,
             Command::Keys {
-                action: KeysAction::Generate | KeysAction::Rotate,
+                action: KeysAction::Generate | KeysAction::Rotate | KeysAction::Rewrap,
             } => None,
-            Command::Keys {
-                action: KeysAction::Rewrap,
-            } => Some("logicore keys rewrap"),
             Command::Keys {
                 action: KeysAction::JwtRotate,
             } => Some("logicore keys jwt-rotate"),

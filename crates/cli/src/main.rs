@@ -101,6 +101,9 @@ async fn run(command: Command, config: Config, source: ConfigSource) -> anyhow::
         Command::Keys {
             action: KeysAction::Rotate,
         } => rotate_keys(&config),
+        Command::Keys {
+            action: KeysAction::Rewrap,
+        } => rewrap_keys(&config).await,
         Command::Users {
             action:
                 UsersAction::Create {
@@ -171,6 +174,33 @@ async fn create_user(
     if let Some(password) = generated {
         println!("password: {password}  (shown once)");
     }
+    Ok(())
+}
+
+/// Re-encrypts every stored field under the active key, online and resumable, reporting
+/// progress on stderr.
+async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
+    let _log_guard = init_logging(config, None)?;
+    let env = std::env::var(crypto::KEYS_VAR).ok();
+    let (ring, _) = KeyRing::load(env.as_deref(), &config.key_file(), false)?;
+    let db = assembly::open_database(config).await?;
+    apply_migrations(&db, &assembly::all_migrations())
+        .await
+        .context("failed to apply migrations")?;
+    let result = logicore_users::rewrap::rewrap(&db, &ring, |done, seen| {
+        eprint!(
+            "\rrewrapping under `{}`: {done} re-encrypted, {seen} looked at",
+            ring.active_kid()
+        );
+    })
+    .await;
+    eprintln!();
+    db.close().await;
+    let rewrapped = result.map_err(|err| anyhow::anyhow!("{err}"))?;
+    println!(
+        "{rewrapped} value(s) re-encrypted under `{}`; keys other than it can be removed once every process has restarted",
+        ring.active_kid()
+    );
     Ok(())
 }
 

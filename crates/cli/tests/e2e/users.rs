@@ -298,3 +298,45 @@ async fn the_ssn_is_accepted_and_only_shown_masked() {
         .unwrap();
     assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
 }
+
+/// `keys rotate` then `keys rewrap` on a stopped platform: the stored values move to the new
+/// key and the platform reads them after a restart.
+#[tokio::test]
+async fn keys_rotate_and_rewrap_from_the_command_line() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let account = json!({"email": "kim@example.com", "password": "long enough", "name": "Kim"});
+    platform.post_json("/api/v1/auth/register", &account).await;
+    let login = json!({"email": "kim@example.com", "password": "long enough"});
+    let (_, tokens) = platform.post_json("/api/v1/auth/login", &login).await;
+    let patched = platform
+        .client
+        .patch(platform.url("/api/v1/users/me"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .json(&json!({"ssn": "987-65-4321"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), StatusCode::OK);
+    platform.terminate();
+    assert!(platform.wait().success());
+
+    for args in [&["keys", "rotate"][..], &["keys", "rewrap"]] {
+        let output = setup.command(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if args[1] == "rewrap" {
+            let said = String::from_utf8_lossy(&output.stdout);
+            assert!(said.starts_with("2 value(s) re-encrypted"), "{said}");
+        }
+    }
+
+    let again = setup.start();
+    let (_, tokens) = again.post_json("/api/v1/auth/login", &login).await;
+    let (status, account) = me(&again, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{account}");
+    assert_eq!(account["ssn"], "***-**-4321");
+}

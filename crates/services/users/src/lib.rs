@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod http;
+pub mod rewrap;
 pub mod service;
 pub mod store;
 

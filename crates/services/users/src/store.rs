@@ -324,3 +324,60 @@ impl UsersStore {
         Ok(())
     }
 }
+
+/// A row with an encrypted value, for re-encryption.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EncryptedUserField {
+    /// The account.
+    pub id: Uuid,
+    /// The ciphertext.
+    pub ssn: String,
+}
+
+impl UsersStore {
+    /// Accounts with an SSN after `after` (by id), at most `limit`.
+    pub async fn ssns_after(
+        &self,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<EncryptedUserField>, UsersError> {
+        let mut select = Query::select()
+            .columns([Users::Id, Users::Ssn])
+            .from(Users::Table)
+            .and_where(Expr::col(Users::Ssn).is_not_null())
+            .order_by(Users::Id, Order::Asc)
+            .limit(limit)
+            .to_owned();
+        if let Some(after) = after {
+            select.and_where(Expr::col(Users::Id).gt(after));
+        }
+        Ok(self.db.fetch_all(&select).await?)
+    }
+
+    /// Replaces an SSN ciphertext, unless it changed meanwhile.
+    pub async fn replace_ssn(&self, id: Uuid, old: &str, new: &str) -> Result<(), UsersError> {
+        let update = Query::update()
+            .table(Users::Table)
+            .value(Users::Ssn, new)
+            .and_where(Expr::col(Users::Id).eq(id))
+            .and_where(Expr::col(Users::Ssn).eq(old))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces a signing key's ciphertext.
+    pub async fn replace_signing_key(&self, kid: &str, new: &str) -> Result<(), UsersError> {
+        let update = Query::update()
+            .table(SigningKeys::Table)
+            .value(SigningKeys::PrivateKey, new)
+            .and_where(Expr::col(SigningKeys::Kid).eq(kid))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
