@@ -340,3 +340,39 @@ async fn keys_rotate_and_rewrap_from_the_command_line() {
     assert_eq!(status, StatusCode::OK, "{account}");
     assert_eq!(account["ssn"], "***-**-4321");
 }
+
+/// `PUT /api/v1/users/me/payment-method`: a Luhn-valid card comes back masked with its
+/// brand; an invalid one is 400 naming the field.
+#[tokio::test]
+async fn payment_methods_are_checked_and_shown_masked() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let account = json!({"email": "pay@example.com", "password": "long enough", "name": "Pay"});
+    platform.post_json("/api/v1/auth/register", &account).await;
+    let (_, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "pay@example.com", "password": "long enough"}),
+        )
+        .await;
+    let token = tokens["access_token"].as_str().unwrap();
+    let put = |card: &'static str| {
+        platform
+            .client
+            .put(platform.url("/api/v1/users/me/payment-method"))
+            .bearer_auth(token)
+            .json(&json!({"card_number": card, "exp_month": 12, "exp_year": 2099}))
+            .send()
+    };
+    let accepted = put("5555555555554444").await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let body: Value = accepted.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"card_number": "************4444", "brand": "mastercard", "exp_month": 12, "exp_year": 2099})
+    );
+    let refused = put("4242424242424241").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "/card_number");
+}

@@ -170,3 +170,57 @@ pub async fn patch_me(
 pub async fn jwks(State(service): State<UsersService>) -> Json<Value> {
     Json(service.jwks())
 }
+
+/// Payment method body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodIn {
+    /// 13-19 digits, Luhn-valid.
+    pub card_number: String,
+    /// 1-12.
+    pub exp_month: i64,
+    /// Four digits, not in the past.
+    pub exp_year: i64,
+}
+
+/// A payment method as shown (the number masked).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentMethodOut {
+    /// `************` and the last four digits.
+    pub card_number: String,
+    /// `visa`, `mastercard`, `amex`, `discover` or `unknown`.
+    pub brand: String,
+    /// Expiry month.
+    pub exp_month: u32,
+    /// Expiry year.
+    pub exp_year: i32,
+}
+
+/// Sets the caller's card (stored encrypted, shown masked).
+#[utoipa::path(put, path = "/api/v1/users/me/payment-method", tag = "users", request_body = PaymentMethodIn,
+    responses(
+        (status = 200, description = "The payment method", body = PaymentMethodOut),
+        (status = 400, description = "Invalid card", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn put_payment_method(
+    State(service): State<UsersService>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> Result<Json<PaymentMethodOut>, Problem> {
+    let body: PaymentMethodIn = parse_object(body)?;
+    let card = service
+        .put_payment_method(
+            &caller.0.subject,
+            &body.card_number,
+            body.exp_month,
+            body.exp_year,
+        )
+        .await?;
+    Ok(Json(PaymentMethodOut {
+        card_number: card.masked(),
+        brand: card.brand.to_owned(),
+        exp_month: card.exp_month,
+        exp_year: card.exp_year,
+    }))
+}

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod http;
+pub mod payment;
 pub mod rewrap;
 pub mod service;
 pub mod store;
@@ -37,6 +38,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "users: encrypted SSN",
         sqlite: include_str!("../migrations/sqlite/2026112602_users_ssn.sql"),
         postgres: include_str!("../migrations/postgres/2026112602_users_ssn.sql"),
+    },
+    Migration {
+        version: 2026112603,
+        name: "users: payment methods",
+        sqlite: include_str!("../migrations/sqlite/2026112603_payment_methods.sql"),
+        postgres: include_str!("../migrations/postgres/2026112603_payment_methods.sql"),
     },
 ];
 
@@ -77,6 +84,7 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(http::refresh))
         .routes(routes!(http::logout))
         .routes(routes!(http::me, http::patch_me))
+        .routes(routes!(http::put_payment_method))
         .routes(routes!(http::jwks))
         .with_state(service)
         .split_for_parts();

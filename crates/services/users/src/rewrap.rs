@@ -1,5 +1,5 @@
 //! `logicore keys rewrap` for the users service: every value encrypted under a key other than
-//! the active one (SSNs, token-signing keys) is decrypted and encrypted again under the active
+//! the active one (token-signing keys, SSNs, card numbers) is decrypted and encrypted again under the active
 //! key, in batches, online. It only touches values that still need it, so an interrupted run
 //! simply continues where it stopped when started again.
 
@@ -57,6 +57,34 @@ pub async fn rewrap(
                 .map_err(|err| UsersError::Keys(format!("users.ssn of {id}: {err}")))?;
             store
                 .replace_ssn(row.id, &row.ssn, &ring.encrypt(&plain, context))
+                .await?;
+            rewrapped += 1;
+        }
+        progress(rewrapped, seen);
+    }
+    let mut after = None;
+    loop {
+        let rows = store.payments_after(after, BATCH).await?;
+        let Some(last) = rows.last() else {
+            break;
+        };
+        after = Some(last.user_id);
+        for row in &rows {
+            seen += 1;
+            if !ring.needs_rewrap(&row.card_number) {
+                continue;
+            }
+            let id = row.user_id.to_string();
+            let context = crate::service::card_context(&id);
+            let plain = ring.decrypt(&row.card_number, context).map_err(|err| {
+                UsersError::Keys(format!("payment_methods.card_number of {id}: {err}"))
+            })?;
+            store
+                .replace_card(
+                    row.user_id,
+                    &row.card_number,
+                    &ring.encrypt(&plain, context),
+                )
                 .await?;
             rewrapped += 1;
         }

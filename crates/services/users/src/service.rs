@@ -196,6 +196,15 @@ fn ssn_context(row: &str) -> FieldContext<'_> {
     }
 }
 
+/// Where card numbers are stored, for their associated data.
+pub fn card_context(row: &str) -> FieldContext<'_> {
+    FieldContext {
+        table: "payment_methods",
+        column: "card_number",
+        row,
+    }
+}
+
 fn is_ssn(text: &str) -> bool {
     let bytes = text.as_bytes();
     bytes.len() == 11
@@ -424,6 +433,30 @@ impl UsersService {
             .update_profile(user.id, &name, ssn.as_deref(), now())
             .await?;
         self.me(subject).await
+    }
+
+    /// Sets the caller's card; the number is stored encrypted (bound to the account) and
+    /// returned masked.
+    pub async fn put_payment_method(
+        &self,
+        subject: &str,
+        number: &str,
+        exp_month: i64,
+        exp_year: i64,
+    ) -> Result<crate::payment::Card, UsersError> {
+        let user = self.me(subject).await?;
+        let card =
+            crate::payment::check_card(number, exp_month, exp_year).map_err(UsersError::Invalid)?;
+        let id = user.id.to_string();
+        let row = crate::store::PaymentRow {
+            user_id: user.id,
+            card_number: self.ring.encrypt(card.number.as_bytes(), card_context(&id)),
+            brand: card.brand.to_owned(),
+            exp_month: i32::try_from(card.exp_month).unwrap_or(1),
+            exp_year: card.exp_year,
+        };
+        self.store.put_payment(&row, now()).await?;
+        Ok(card)
     }
 
     /// The account of `subject` (a token's `sub`).

@@ -120,6 +120,14 @@ impl UsersStore {
         UsersStore { db }
     }
 
+    /// Runs one write in its own transaction.
+    async fn write(&self, statement: &impl db::SqlxBinder) -> Result<(), UsersError> {
+        let mut tx = self.db.begin().await?;
+        tx.execute(statement).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Inserts an account; a taken e-mail is [`UsersError::EmailTaken`].
     pub async fn insert_user(&self, user: &UserRow) -> Result<(), UsersError> {
         let insert = Query::insert()
@@ -185,10 +193,7 @@ impl UsersStore {
             .value(Users::UpdatedAt, now)
             .and_where(Expr::col(Users::Id).eq(id))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        tx.execute(&update).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(&update).await
     }
 
     /// Returns true when some account has the `admin` role.
@@ -229,10 +234,7 @@ impl UsersStore {
             ])
             .values_panic([kid.into(), private_key.into(), now.into()])
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        tx.execute(&insert).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(&insert).await
     }
 
     /// Stores a new refresh token (by hash) of `family`.
@@ -356,16 +358,26 @@ impl UsersStore {
 
     /// Replaces an SSN ciphertext, unless it changed meanwhile.
     pub async fn replace_ssn(&self, id: Uuid, old: &str, new: &str) -> Result<(), UsersError> {
+        self.replace_ciphertext((Users::Table, Users::Id, Users::Ssn), id, old, new)
+            .await
+    }
+
+    /// Replaces `old` by `new` in the `column` of the row `id` of `table` (compare-and-set,
+    /// so a value changed meanwhile is left alone).
+    async fn replace_ciphertext<T: Iden + Copy + 'static>(
+        &self,
+        (table, key, column): (T, T, T),
+        id: Uuid,
+        old: &str,
+        new: &str,
+    ) -> Result<(), UsersError> {
         let update = Query::update()
-            .table(Users::Table)
-            .value(Users::Ssn, new)
-            .and_where(Expr::col(Users::Id).eq(id))
-            .and_where(Expr::col(Users::Ssn).eq(old))
+            .table(table)
+            .value(column, new)
+            .and_where(Expr::col(key).eq(id))
+            .and_where(Expr::col(column).eq(old))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        tx.execute(&update).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(&update).await
     }
 
     /// Replaces a signing key's ciphertext.
@@ -375,9 +387,104 @@ impl UsersStore {
             .value(SigningKeys::PrivateKey, new)
             .and_where(Expr::col(SigningKeys::Kid).eq(kid))
             .to_owned();
+        self.write(&update).await
+    }
+}
+
+#[derive(Iden, Clone, Copy)]
+enum PaymentMethods {
+    Table,
+    UserId,
+    CardNumber,
+    Brand,
+    ExpMonth,
+    ExpYear,
+    UpdatedAt,
+}
+
+/// A stored payment method (card number encrypted).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PaymentRow {
+    /// The account.
+    pub user_id: Uuid,
+    /// Ciphertext bound to `payment_methods.card_number` of the account.
+    pub card_number: String,
+    /// Card network.
+    pub brand: String,
+    /// Expiry month.
+    pub exp_month: i32,
+    /// Expiry year.
+    pub exp_year: i32,
+}
+
+impl UsersStore {
+    /// Sets (replaces) the payment method of an account.
+    pub async fn put_payment(
+        &self,
+        row: &PaymentRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let delete = Query::delete()
+            .from_table(PaymentMethods::Table)
+            .and_where(Expr::col(PaymentMethods::UserId).eq(row.user_id))
+            .to_owned();
+        let insert = Query::insert()
+            .into_table(PaymentMethods::Table)
+            .columns([
+                PaymentMethods::UserId,
+                PaymentMethods::CardNumber,
+                PaymentMethods::Brand,
+                PaymentMethods::ExpMonth,
+                PaymentMethods::ExpYear,
+                PaymentMethods::UpdatedAt,
+            ])
+            .values_panic([
+                row.user_id.into(),
+                row.card_number.clone().into(),
+                row.brand.clone().into(),
+                row.exp_month.into(),
+                row.exp_year.into(),
+                now.into(),
+            ])
+            .to_owned();
         let mut tx = self.db.begin().await?;
-        tx.execute(&update).await?;
+        tx.execute(&delete).await?;
+        tx.execute(&insert).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Payment methods after `after` (by account), at most `limit`, for re-encryption.
+    pub async fn payments_after(
+        &self,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<PaymentRow>, UsersError> {
+        let mut select = Query::select()
+            .columns([
+                PaymentMethods::UserId,
+                PaymentMethods::CardNumber,
+                PaymentMethods::Brand,
+                PaymentMethods::ExpMonth,
+                PaymentMethods::ExpYear,
+            ])
+            .from(PaymentMethods::Table)
+            .order_by(PaymentMethods::UserId, Order::Asc)
+            .limit(limit)
+            .to_owned();
+        if let Some(after) = after {
+            select.and_where(Expr::col(PaymentMethods::UserId).gt(after));
+        }
+        Ok(self.db.fetch_all(&select).await?)
+    }
+
+    /// Replaces a card number ciphertext, unless it changed meanwhile.
+    pub async fn replace_card(&self, user: Uuid, old: &str, new: &str) -> Result<(), UsersError> {
+        let columns = (
+            PaymentMethods::Table,
+            PaymentMethods::UserId,
+            PaymentMethods::CardNumber,
+        );
+        self.replace_ciphertext(columns, user, old, new).await
     }
 }

@@ -1,0 +1,8 @@
+CREATE TABLE payment_methods (
+    user_id BLOB PRIMARY KEY NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    card_number TEXT NOT NULL,
+    brand TEXT NOT NULL,
+    exp_month INTEGER NOT NULL,
+    exp_year INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
