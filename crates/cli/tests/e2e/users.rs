@@ -376,3 +376,84 @@ async fn payment_methods_are_checked_and_shown_masked() {
     let problem: Value = refused.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "/card_number");
 }
+
+async fn login(platform: &Platform, email: &str, password: &str) -> String {
+    let (status, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The admin endpoints: list and create accounts, change roles; others get 403.
+#[tokio::test]
+async fn administrators_manage_accounts_and_roles() {
+    let setup = Setup::new(Database::Sqlite)
+        .env("LOGICORE_ADMIN_EMAIL", "root@example.com")
+        .env("LOGICORE_ADMIN_PASSWORD", "bootstrap secret");
+    let platform = setup.start();
+    let admin = login(&platform, "root@example.com", "bootstrap secret").await;
+    let created = platform
+        .client
+        .post(platform.url("/api/v1/admin/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"email": "cm@example.com", "password": "long enough", "name": "CM", "roles": ["catalog_manager"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["roles"], json!(["catalog_manager"]));
+
+    let listed: Value = platform
+        .client
+        .get(platform.url("/api/v1/admin/users?limit=1"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert!(
+        listed["next_cursor"].is_string(),
+        "two accounts, one per page"
+    );
+
+    let manager = login(&platform, "cm@example.com", "long enough").await;
+    let forbidden = platform
+        .client
+        .get(platform.url("/api/v1/admin/users"))
+        .bearer_auth(&manager)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+
+    let id = created["id"].as_str().unwrap();
+    let changed = platform
+        .client
+        .put(platform.url(&format!("/api/v1/admin/users/{id}/roles")))
+        .bearer_auth(&admin)
+        .json(&json!({"roles": ["ops", "customer"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    let renewed = login(&platform, "cm@example.com", "long enough").await;
+    let (_, account) = me(&platform, &renewed).await;
+    assert_eq!(account["roles"], json!(["ops", "customer"]));
+    let unknown = platform
+        .client
+        .put(platform.url("/api/v1/admin/users/0192f1c2-0000-7000-8000-000000000000/roles"))
+        .bearer_auth(&admin)
+        .json(&json!({"roles": ["ops"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}

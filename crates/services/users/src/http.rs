@@ -4,10 +4,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use logicore_platform::auth::Caller;
+use logicore_platform::auth::{Caller, Permission};
 use logicore_platform::http::json::parse_object;
 use logicore_platform::http::problem::ProblemBody;
-use logicore_platform::http::{Json, Problem};
+use logicore_platform::http::{Json, PageRequest, Problem, QueryMap};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -223,4 +223,105 @@ pub async fn put_payment_method(
         exp_month: card.exp_month,
         exp_year: card.exp_year,
     }))
+}
+
+/// An account created by an administrator.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserIn {
+    /// E-mail address.
+    pub email: String,
+    /// 8-256 characters.
+    pub password: String,
+    /// Display name.
+    pub name: String,
+    /// Among admin, catalog_manager, ops, customer.
+    pub roles: Vec<String>,
+}
+
+/// New roles of an account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolesIn {
+    /// Among admin, catalog_manager, ops, customer.
+    pub roles: Vec<String>,
+}
+
+/// One page of accounts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPage {
+    /// The accounts.
+    pub items: Vec<UserOut>,
+    /// Cursor of the next page, or null.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists accounts (admin).
+#[utoipa::path(get, path = "/api/v1/admin/users", tag = "users",
+    params(
+        ("limit" = Option<u32>, Query, description = "Items per page (default 50, at most 200)"),
+        ("cursor" = Option<String>, Query, description = "Opaque cursor from `next_cursor`"),
+    ),
+    responses(
+        (status = 200, description = "One page of accounts", body = UserPage),
+        (status = 403, description = "Not an administrator", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn list_users(
+    State(service): State<UsersService>,
+    caller: Caller,
+    QueryMap(query): QueryMap,
+) -> Result<Json<UserPage>, Problem> {
+    caller.require(Permission::Administer)?;
+    let page = service
+        .list_users(&PageRequest::from_query(&query)?)
+        .await?;
+    Ok(Json(UserPage {
+        items: page
+            .items
+            .into_iter()
+            .map(|user| UserOut::of(&service, user))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Creates an account with roles (admin).
+#[utoipa::path(post, path = "/api/v1/admin/users", tag = "users", request_body = AdminUserIn,
+    responses(
+        (status = 201, description = "Created", body = UserOut),
+        (status = 400, description = "Invalid fields", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Not an administrator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "E-mail taken", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn create_user(
+    State(service): State<UsersService>,
+    caller: Caller,
+    Json(body): Json<Value>,
+) -> Result<Response, Problem> {
+    caller.require(Permission::Administer)?;
+    let body: AdminUserIn = parse_object(body)?;
+    let user = service
+        .create_user(body.email, body.password, body.name, &body.roles)
+        .await?;
+    Ok((StatusCode::CREATED, Json(UserOut::of(&service, user))).into_response())
+}
+
+/// Replaces an account's roles (admin).
+#[utoipa::path(put, path = "/api/v1/admin/users/{id}/roles", tag = "users", request_body = RolesIn,
+    params(("id" = String, Path, description = "Account id")),
+    responses(
+        (status = 200, description = "The account", body = UserOut),
+        (status = 403, description = "Not an administrator", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn set_roles(
+    State(service): State<UsersService>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Json<UserOut>, Problem> {
+    caller.require(Permission::Administer)?;
+    let body: RolesIn = parse_object(body)?;
+    let user = service.set_roles(&id, &body.roles).await?;
+    Ok(Json(UserOut::of(&service, user)))
 }

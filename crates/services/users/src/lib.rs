@@ -48,7 +48,8 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// The gateway routes this service brings: sign-in and registration limited per client IP
-/// by default, `/api/v1/users` for signed-in callers only.
+/// by default, `/api/v1/users` for signed-in callers only, `/api/v1/admin/users` for admins
+/// (checked again by the handlers).
 pub fn built_in_routes() -> Vec<RouteConfig> {
     let route = |prefix: &str, auth: RouteAuth| RouteConfig {
         prefix: prefix.to_owned(),
@@ -68,6 +69,10 @@ pub fn built_in_routes() -> Vec<RouteConfig> {
             ..route("/api/v1/auth", RouteAuth::None)
         },
         route("/api/v1/users", RouteAuth::Required),
+        RouteConfig {
+            roles: vec!["admin".to_owned()],
+            ..route("/api/v1/admin/users", RouteAuth::Required)
+        },
         route("/.well-known/jwks.json", RouteAuth::None),
     ]
 }
@@ -85,6 +90,8 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(http::logout))
         .routes(routes!(http::me, http::patch_me))
         .routes(routes!(http::put_payment_method))
+        .routes(routes!(http::list_users, http::create_user))
+        .routes(routes!(http::set_roles))
         .routes(routes!(http::jwks))
         .with_state(service)
         .split_for_parts();

@@ -71,24 +71,39 @@ pub async fn create_account(
     name: String,
     roles: &[String],
 ) -> Result<UserRow, UsersError> {
-    let mut errors = check_account(&email, &password_text, &name);
-    if roles.is_empty() || roles.iter().any(|role| !ROLES.contains(&role.as_str())) {
-        errors.push(FieldError::new(
-            "/roles",
-            "roles must be among admin, catalog_manager, ops, customer",
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(UsersError::Invalid(errors));
-    }
-    insert_account(
+    create_with_roles(
         &UsersStore::new(db.clone()),
         email,
         password_text,
         name,
-        roles.join(","),
+        roles,
     )
     .await
+}
+
+async fn create_with_roles(
+    store: &UsersStore,
+    email: String,
+    password_text: String,
+    name: String,
+    roles: &[String],
+) -> Result<UserRow, UsersError> {
+    let mut errors = check_account(&email, &password_text, &name);
+    errors.extend(check_roles(roles));
+    if !errors.is_empty() {
+        return Err(UsersError::Invalid(errors));
+    }
+    insert_account(store, email, password_text, name, roles.join(",")).await
+}
+
+/// The field error of a role list that is empty or names an unknown role.
+fn check_roles(roles: &[String]) -> Option<FieldError> {
+    (roles.is_empty() || roles.iter().any(|role| !ROLES.contains(&role.as_str()))).then(|| {
+        FieldError::new(
+            "/roles",
+            "roles must be among admin, catalog_manager, ops, customer",
+        )
+    })
 }
 
 /// Field errors of an account's e-mail, password and name.
@@ -457,6 +472,52 @@ impl UsersService {
         };
         self.store.put_payment(&row, now()).await?;
         Ok(card)
+    }
+
+    /// One page of accounts (administrators).
+    pub async fn list_users(
+        &self,
+        page: &logicore_platform::http::PageRequest,
+    ) -> Result<logicore_platform::http::Page<UserRow>, logicore_platform::http::Problem> {
+        let after = match &page.after {
+            None => None,
+            Some(bytes) => Some(
+                Uuid::from_slice(bytes)
+                    .map_err(|_| logicore_platform::http::pagination::invalid_cursor())?,
+            ),
+        };
+        let items = self
+            .store
+            .list_users(after, u64::from(page.limit) + 1)
+            .await?;
+        Ok(logicore_platform::http::Page::from_overfetch(
+            items,
+            page.limit,
+            |user| user.id.as_bytes().to_vec(),
+        ))
+    }
+
+    /// Creates an account with roles (administrators).
+    pub async fn create_user(
+        &self,
+        email: String,
+        password_text: String,
+        name: String,
+        roles: &[String],
+    ) -> Result<UserRow, UsersError> {
+        create_with_roles(&self.store, email, password_text, name, roles).await
+    }
+
+    /// Replaces an account's roles (administrators); new tokens carry them.
+    pub async fn set_roles(&self, id: &str, roles: &[String]) -> Result<UserRow, UsersError> {
+        if let Some(error) = check_roles(roles) {
+            return Err(UsersError::Invalid(vec![error]));
+        }
+        let id = Uuid::parse_str(id).map_err(|_| UsersError::NotFound)?;
+        if !self.store.set_roles(id, &roles.join(","), now()).await? {
+            return Err(UsersError::NotFound);
+        }
+        self.store.get_user(id).await?.ok_or(UsersError::NotFound)
     }
 
     /// The account of `subject` (a token's `sub`).

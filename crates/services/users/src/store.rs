@@ -196,6 +196,39 @@ impl UsersStore {
         self.write(&update).await
     }
 
+    /// Up to `limit` accounts after `after`, by id.
+    pub async fn list_users(
+        &self,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> Result<Vec<UserRow>, UsersError> {
+        let mut select = Self::select_users();
+        if let Some(after) = after {
+            select.and_where(Expr::col(Users::Id).gt(after));
+        }
+        select.order_by(Users::Id, Order::Asc).limit(limit);
+        Ok(self.db.fetch_all(&select).await?)
+    }
+
+    /// Replaces an account's roles; false when there is no such account.
+    pub async fn set_roles(
+        &self,
+        id: Uuid,
+        roles: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, UsersError> {
+        let update = Query::update()
+            .table(Users::Table)
+            .value(Users::Roles, roles)
+            .value(Users::UpdatedAt, now)
+            .and_where(Expr::col(Users::Id).eq(id))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let changed = tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+
     /// Returns true when some account has the `admin` role.
     pub async fn any_admin(&self) -> Result<bool, UsersError> {
         let select = Query::select()
