@@ -248,7 +248,7 @@ impl Process {
                     "http://{}/.well-known/jwks.json",
                     SocketAddr::new(loopback, bound.port())
                 );
-                let (catalog, catalog_api) = catalog_router(config, &db)?;
+                let (catalog, catalog_api) = catalog_router(config, &db, true)?;
                 let (users, users_api) = users_router(config, &db, &ring, bound.port()).await?;
                 let mut local = BTreeMap::new();
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
@@ -292,7 +292,9 @@ impl Process {
             }
             Roles::Catalog => {
                 let db = open_migrated_database(config).await?;
-                let (catalog, _) = catalog_router(config, &db)?;
+                // Alone, the catalog has no caller to check yet (the gateway's route policy is
+                // the guard; service-side token verification comes with split roles).
+                let (catalog, _) = catalog_router(config, &db, false)?;
                 let catalog = catalog
                     .route("/health", get(extract::health))
                     .layer(DefaultBodyLimit::max(config.gateway.body_limit.as_usize()))
@@ -473,15 +475,23 @@ async fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn catalog_router(config: &Config, db: &Db) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
+fn catalog_router(
+    config: &Config,
+    db: &Db,
+    guard_writes: bool,
+) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
     let ttl = config.cache.query_ttl;
     let cache = match redis_store(config)? {
         Some(store) => QueryCache::redis(store, "catalog", ttl),
         None => QueryCache::memory("catalog", ttl, config.cache.max_bytes.0),
     };
-    Ok(logicore_catalog::router(
-        CatalogService::new(db.clone()).with_cache(cache),
-    ))
+    let service = CatalogService::new(db.clone()).with_cache(cache);
+    let service = if guard_writes {
+        service.with_write_guard()
+    } else {
+        service
+    };
+    Ok(logicore_catalog::router(service))
 }
 
 fn gateway_router(

@@ -34,8 +34,9 @@ async fn up_serves_the_catalog_through_the_gateway() {
 
         let mut body = product("REEF-40");
         body["category_id"] = category["id"].clone();
-        let created = client
-            .post(platform.url("/api/v1/products"))
+        let created = platform
+            .as_admin(client.post(platform.url("/api/v1/products")))
+            .await
             .json(&body)
             .send()
             .await
@@ -173,8 +174,9 @@ async fn bad_input_gets_a_problem_and_loses_nothing() {
     bad["price_cents"] = json!(-1);
     bad["currency"] = json!("XXX1");
     bad["name"] = json!("");
-    let reply = client
-        .post(platform.url("/api/v1/products"))
+    let reply = platform
+        .as_admin(client.post(platform.url("/api/v1/products")))
+        .await
         .json(&bad)
         .send()
         .await
@@ -190,8 +192,9 @@ async fn bad_input_gets_a_problem_and_loses_nothing() {
         .collect();
     assert_eq!(fields, ["/name", "/price_cents", "/currency"]);
 
-    let malformed = client
-        .post(platform.url("/api/v1/products"))
+    let malformed = platform
+        .as_admin(client.post(platform.url("/api/v1/products")))
+        .await
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -199,8 +202,9 @@ async fn bad_input_gets_a_problem_and_loses_nothing() {
         .unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
 
-    let wrong_type = client
-        .post(platform.url("/api/v1/products"))
+    let wrong_type = platform
+        .as_admin(client.post(platform.url("/api/v1/products")))
+        .await
         .header("content-type", "application/x-www-form-urlencoded")
         .body("sku=X")
         .send()
@@ -209,8 +213,9 @@ async fn bad_input_gets_a_problem_and_loses_nothing() {
     assert_eq!(wrong_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // A chunked body (no Content-Length) over the limit is cut off while it streams.
-    let mut request = String::from(
-        "POST /api/v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    let mut request = format!(
+        "POST /api/v1/products HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        platform.admin_header().await
     );
     for _ in 0..8 {
         request.push_str(&format!("400\r\n{}\r\n", " ".repeat(1024)));
@@ -477,7 +482,10 @@ async fn slow_clients_are_cut_off() {
     let mut trickle = tokio::net::TcpStream::connect(platform.addr("gateway"))
         .await
         .unwrap();
-    let head = "POST /api/v1/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"sku\":";
+    let head = format!(
+        "POST /api/v1/products HTTP/1.1\r\nHost: x\r\n{}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"sku\":",
+        platform.admin_header().await
+    );
     trickle.write_all(head.as_bytes()).await.unwrap();
     let mut reply = Vec::new();
     tokio::time::timeout(deadline, trickle.read_to_end(&mut reply))

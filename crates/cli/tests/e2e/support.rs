@@ -43,6 +43,10 @@ impl Database {
     }
 }
 
+/// The bootstrap admin every `up` of the suite gets unless a test sets its own.
+pub const ADMIN_EMAIL: &str = "e2e-admin@example.com";
+pub const ADMIN_PASSWORD: &str = "e2e admin password";
+
 /// A data directory plus the settings a platform is started with.
 pub struct Setup {
     pub dir: tempfile::TempDir,
@@ -56,7 +60,11 @@ impl Setup {
         Setup {
             dir: tempfile::tempdir().expect("temporary directory"),
             database,
-            env: Vec::new(),
+            // The first admin of `up`, for tests that write the catalog (tests may override).
+            env: vec![
+                ("LOGICORE_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+                ("LOGICORE_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+            ],
             config_file: None,
         }
     }
@@ -151,6 +159,7 @@ impl Setup {
             addrs,
             events: receiver,
             client: reqwest::Client::new(),
+            admin_token: tokio::sync::OnceCell::new(),
         }
     }
 }
@@ -161,9 +170,46 @@ pub struct Platform {
     addrs: BTreeMap<String, SocketAddr>,
     events: mpsc::Receiver<String>,
     pub client: reqwest::Client,
+    /// The bootstrap admin's access token (None without a users service).
+    admin_token: tokio::sync::OnceCell<Option<String>>,
 }
 
 impl Platform {
+    /// Signs `request` with the bootstrap admin's token, when the platform has accounts.
+    pub async fn as_admin(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.admin_token().await {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// The `Authorization` header line of the bootstrap admin, for raw HTTP requests.
+    pub async fn admin_header(&self) -> String {
+        let token = self
+            .admin_token()
+            .await
+            .expect("an admin token (is this `up`?)");
+        format!("Authorization: Bearer {token}\r\n")
+    }
+
+    /// The bootstrap admin's access token (signed in once), when the platform has accounts.
+    pub async fn admin_token(&self) -> Option<String> {
+        self.admin_token
+            .get_or_init(|| async {
+                let reply = self
+                    .client
+                    .post(self.url("/api/v1/auth/login"))
+                    .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+                    .send()
+                    .await
+                    .ok()?;
+                let tokens: Value = reply.json().await.ok()?;
+                tokens["access_token"].as_str().map(str::to_owned)
+            })
+            .await
+            .clone()
+    }
+
     /// Returns the bound address of a role's listener (`gateway`, `admin`, `catalog`).
     pub fn addr(&self, role: &str) -> SocketAddr {
         self.addrs[role]
@@ -178,14 +224,13 @@ impl Platform {
     }
 
     /// POSTs JSON through the gateway; returns the status and the JSON answer.
+    /// POSTs JSON; writes outside `/api/v1/auth` are made as the bootstrap admin.
     pub async fn post_json(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
-        let reply = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("POST");
+        let mut request = self.client.post(self.url(path)).json(body);
+        if !path.starts_with("/api/v1/auth") {
+            request = self.as_admin(request).await;
+        }
+        let reply = request.send().await.expect("POST");
         let status = reply.status();
         (status, reply.json().await.expect("JSON answer"))
     }

@@ -457,3 +457,38 @@ async fn administrators_manage_accounts_and_roles() {
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
 }
+
+/// In `up`, catalog writes need the role admin or catalog_manager; a customer's token is not
+/// enough, no token is 401; reads stay public.
+#[tokio::test]
+async fn catalog_writes_need_a_catalog_role() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let account = json!({"email": "c@example.com", "password": "long enough", "name": "C"});
+    platform.post_json("/api/v1/auth/register", &account).await;
+    let customer = login(&platform, "c@example.com", "long enough").await;
+    let write = |token: Option<&str>| {
+        let mut request = platform
+            .client
+            .post(platform.url("/api/v1/products"))
+            .json(&crate::support::product("RBAC-1"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(
+        write(None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        write(Some(&customer)).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let (status, _) = platform
+        .post_json("/api/v1/products", &crate::support::product("RBAC-2"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "the admin may");
+    let (status, _) = platform.get_json("/api/v1/products").await;
+    assert_eq!(status, StatusCode::OK, "reads are public");
+}

@@ -5,4 +5,4 @@ pub mod password;
 pub mod principal;
 pub mod signing;
 
-pub use principal::{Caller, Permission, Principal};
+pub use principal::{Caller, Permission, Principal, guard_writes};

@@ -94,6 +94,35 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// Middleware for a service router: requests other than GET, HEAD and OPTIONS need a caller
+/// (401) whose roles grant `permission` (403).
+pub async fn guard_writes(
+    axum::extract::State(permission): axum::extract::State<Permission>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let safe = matches!(
+        *request.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    if !safe {
+        let caller = request.extensions().get::<Arc<Principal>>();
+        let Some(caller) = caller else {
+            return Problem::new(
+                ErrorCode::Unauthorized,
+                "sign in first: this needs a bearer token",
+            )
+            .into_response();
+        };
+        if !caller.may(permission) {
+            return Problem::new(ErrorCode::Forbidden, "your roles do not allow this")
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
 #[cfg(test)]
 mod tests {
     use axum::extract::FromRequestParts;

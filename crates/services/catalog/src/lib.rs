@@ -12,6 +12,7 @@ pub mod service;
 pub mod store;
 
 use axum::Router;
+use logicore_platform::auth::{Permission, guard_writes};
 use logicore_platform::db::Migration;
 use logicore_platform::http::{conditional, extract, request_context};
 use utoipa::OpenApi;
@@ -41,8 +42,10 @@ struct CatalogApi;
 
 /// Returns the catalog's HTTP routes and their OpenAPI description.
 ///
-/// Successful GETs get a weak `ETag` and honour `If-None-Match`.
+/// Successful GETs get a weak `ETag` and honour `If-None-Match`. With
+/// [`CatalogService::with_write_guard`], writes need the roles admin or catalog_manager.
 pub fn router(service: CatalogService) -> (Router, utoipa::openapi::OpenApi) {
+    let guard = service.guards_writes();
     let (router, api) = OpenApiRouter::with_openapi(CatalogApi::openapi())
         .routes(routes!(http::list_products, http::create_product))
         .routes(routes!(
@@ -67,5 +70,13 @@ pub fn router(service: CatalogService) -> (Router, utoipa::openapi::OpenApi) {
         .method_not_allowed_fallback(extract::method_not_allowed)
         .fallback(extract::not_found)
         .layer(axum::middleware::from_fn(conditional::conditional_get));
+    let router = if guard {
+        router.layer(axum::middleware::from_fn_with_state(
+            Permission::CatalogWrite,
+            guard_writes,
+        ))
+    } else {
+        router
+    };
     (router, api)
 }

@@ -35,6 +35,7 @@ impl CategoryFilter {
 pub struct CatalogService {
     store: CatalogStore,
     cache: Option<QueryCache>,
+    guard_writes: bool,
 }
 
 impl CatalogService {
@@ -43,7 +44,20 @@ impl CatalogService {
         CatalogService {
             store: CatalogStore::new(db),
             cache: None,
+            guard_writes: false,
         }
+    }
+
+    /// Writes need a caller with the `CatalogWrite` permission (roles admin or
+    /// catalog_manager), handed over by the gateway as a request extension.
+    pub fn with_write_guard(mut self) -> Self {
+        self.guard_writes = true;
+        self
+    }
+
+    /// Whether writes are guarded.
+    pub fn guards_writes(&self) -> bool {
+        self.guard_writes
     }
 
     /// Caches product and category reads by id in `cache`; writes invalidate what they

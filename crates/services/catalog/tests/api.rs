@@ -536,3 +536,54 @@ async fn deleted_products_and_categories_are_gone_at_once_even_when_read_before(
         }
     }
 }
+
+/// With the write guard (as in `up`), writes need a caller with the role admin or
+/// catalog_manager; reads stay open.
+#[tokio::test]
+async fn guarded_writes_need_a_catalog_role() {
+    use std::sync::Arc;
+
+    use logicore_platform::auth::Principal;
+
+    let test_db = TestDb::sqlite().await;
+    apply_migrations(&test_db.db, MIGRATIONS)
+        .await
+        .expect("migrations");
+    let (router, _) = router(CatalogService::new(test_db.db.clone()).with_write_guard());
+    let send = |roles: Option<&[&str]>| {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/products")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(product("GUARD-1", None).to_string()))
+            .expect("request");
+        if let Some(roles) = roles {
+            request.extensions_mut().insert(Arc::new(Principal {
+                subject: "u1".into(),
+                roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+                issuer: "logicore".into(),
+            }));
+        }
+        router.clone().oneshot(request)
+    };
+    assert_eq!(send(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(Some(&["customer"])).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(Some(&["catalog_manager"])).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let read = router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/api/v1/products")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK, "reads need no caller");
+}
