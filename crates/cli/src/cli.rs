@@ -163,12 +163,7 @@ impl Command {
             } => Some("logicore service webhooks"),
             Command::Worker => Some("logicore worker"),
             Command::Users { .. } => None,
-            Command::Keys {
-                action: KeysAction::Generate | KeysAction::Rotate | KeysAction::Rewrap,
-            } => None,
-            Command::Keys {
-                action: KeysAction::JwtRotate,
-            } => Some("logicore keys jwt-rotate"),
+            Command::Keys { .. } => None,
             Command::Jobs { .. } => Some("logicore jobs"),
         }
     }

@@ -104,6 +104,9 @@ async fn run(command: Command, config: Config, source: ConfigSource) -> anyhow::
         Command::Keys {
             action: KeysAction::Rewrap,
         } => rewrap_keys(&config).await,
+        Command::Keys {
+            action: KeysAction::JwtRotate,
+        } => rotate_jwt_key(&config).await,
         Command::Users {
             action:
                 UsersAction::Create {
@@ -177,16 +180,37 @@ async fn create_user(
     Ok(())
 }
 
-/// Re-encrypts every stored field under the active key, online and resumable, reporting
-/// progress on stderr.
-async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
-    let _log_guard = init_logging(config, None)?;
+/// The field-encryption ring (never generated here) and the migrated database.
+async fn open_keys_and_database(
+    config: &Config,
+) -> anyhow::Result<(KeyRing, logicore_platform::db::Db)> {
     let env = std::env::var(crypto::KEYS_VAR).ok();
     let (ring, _) = KeyRing::load(env.as_deref(), &config.key_file(), false)?;
     let db = assembly::open_database(config).await?;
     apply_migrations(&db, &assembly::all_migrations())
         .await
         .context("failed to apply migrations")?;
+    Ok((ring, db))
+}
+
+/// A new token-signing key; running services sign with it within seconds.
+async fn rotate_jwt_key(config: &Config) -> anyhow::Result<()> {
+    let _log_guard = init_logging(config, None)?;
+    let (ring, db) = open_keys_and_database(config).await?;
+    let rotated = logicore_users::service::rotate_signing_key(&db, &ring).await;
+    db.close().await;
+    let kid = rotated.map_err(|err| anyhow::anyhow!("{err}"))?;
+    println!(
+        "new token-signing key `{kid}`: running services sign with it within 5 s; older keys stay in the JWKS until their tokens expire"
+    );
+    Ok(())
+}
+
+/// Re-encrypts every stored field under the active key, online and resumable, reporting
+/// progress on stderr.
+async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
+    let _log_guard = init_logging(config, None)?;
+    let (ring, db) = open_keys_and_database(config).await?;
     let result = logicore_users::rewrap::rewrap(&db, &ring, |done, seen| {
         eprint!(
             "\rrewrapping under `{}`: {done} re-encrypted, {seen} looked at",

@@ -492,3 +492,79 @@ async fn catalog_writes_need_a_catalog_role() {
     let (status, _) = platform.get_json("/api/v1/products").await;
     assert_eq!(status, StatusCode::OK, "reads are public");
 }
+
+/// `logicore keys jwt-rotate` on a running platform: it starts signing with the new key
+/// within seconds, tokens of the old key keep working, and no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_key_rotation_without_a_failed_request() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    let email = crate::support::ADMIN_EMAIL;
+    let password = crate::support::ADMIN_PASSWORD;
+    let old_token = login(&platform, email, password).await;
+    let old_kid = jsonwebtoken::decode_header(&old_token)
+        .unwrap()
+        .kid
+        .unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, stop, token) = (
+            platform.url("/api/v1/users/me"),
+            std::sync::Arc::clone(&stop),
+            old_token.clone(),
+        );
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let status = client
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                match status {
+                    StatusCode::OK => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+
+    let rotated = setup.command(&["keys", "jwt-rotate"]).output().unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let new_token = loop {
+        let token = login(&platform, email, password).await;
+        if jsonwebtoken::decode_header(&token).unwrap().kid.unwrap() != old_kid {
+            break token;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still signing with the old key"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let (status, _) = me(&platform, &new_token).await;
+    assert_eq!(status, StatusCode::OK, "the gateway learns the new key");
+    let (status, _) = me(&platform, &old_token).await;
+    assert_eq!(status, StatusCode::OK, "old tokens live out their lifetime");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "no request failed during the rotation");
+    let jwks: Value = platform.get_json("/.well-known/jwks.json").await.1;
+    assert_eq!(
+        jwks["keys"].as_array().unwrap().len(),
+        2,
+        "both keys published"
+    );
+}

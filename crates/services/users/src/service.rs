@@ -59,6 +59,21 @@ struct Claims<'a> {
     jti: String,
 }
 
+/// How often a running service looks for a new signing key.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Clock skew allowed on top of the token lifetime before an old key leaves the JWKS.
+const KEY_GRACE: Duration = Duration::from_secs(60);
+
+/// Makes a new signing key (`logicore keys jwt-rotate`): running services publish it and sign
+/// with it within seconds; older keys stay in the JWKS until their tokens have expired.
+pub async fn rotate_signing_key(db: &Db, ring: &KeyRing) -> Result<String, UsersError> {
+    let key = SigningKey::generate();
+    UsersStore::new(db.clone())
+        .insert_signing_key(key.kid(), &key.encrypted_private_key(ring), now())
+        .await?;
+    Ok(key.kid().to_owned())
+}
+
 /// Roles an account may be given.
 pub const ROLES: [&str; 4] = ["admin", "catalog_manager", "ops", "customer"];
 
@@ -248,26 +263,79 @@ impl UsersService {
         settings: TokenSettings,
     ) -> Result<Self, UsersError> {
         let store = UsersStore::new(db);
-        let mut keys = Vec::new();
-        for row in store.signing_keys().await? {
-            let key = SigningKey::from_encrypted(&row.kid, &row.private_key, &ring)
-                .map_err(|err| UsersError::Keys(err.to_string()))?;
-            keys.push(Arc::new(key));
-        }
-        if keys.is_empty() {
+        if store.signing_keys().await?.is_empty() {
             let key = SigningKey::generate();
             store
                 .insert_signing_key(key.kid(), &key.encrypted_private_key(&ring), now())
                 .await?;
             tracing::info!(kid = key.kid(), "generated the first token-signing key");
-            keys.push(Arc::new(key));
         }
-        Ok(UsersService {
+        let service = UsersService {
             store,
             ring,
             settings: Arc::new(settings),
-            keys: Arc::new(RwLock::new(keys)),
-        })
+            keys: Arc::new(RwLock::new(Vec::new())),
+        };
+        service.reload_keys().await?;
+        // A key made by `logicore keys jwt-rotate` (another process) is picked up by itself.
+        let reloading = service.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(KEY_RELOAD_INTERVAL);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(err) = reloading.reload_keys().await {
+                    tracing::warn!(error = %err, "cannot reload the token-signing keys");
+                }
+            }
+        });
+        Ok(service)
+    }
+
+    /// Reads the signing keys again: the newest signs; an older one stays published until
+    /// the last token it signed has expired (its successor's age is over the token lifetime
+    /// plus a minute of clock skew).
+    pub async fn reload_keys(&self) -> Result<(), UsersError> {
+        let rows = self.store.signing_keys().await?;
+        let now = Utc::now();
+        let grace = chrono::Duration::from_std(self.settings.access_ttl + KEY_GRACE)
+            .unwrap_or(chrono::Duration::MAX);
+        let mut keys = Vec::new();
+        let mut successor: Option<DateTime<Utc>> = None;
+        for row in rows {
+            let expired = successor.is_some_and(|newer| now - newer > grace);
+            successor = Some(row.created_at);
+            if expired {
+                continue;
+            }
+            let key = SigningKey::from_encrypted(&row.kid, &row.private_key, &self.ring)
+                .map_err(|err| UsersError::Keys(err.to_string()))?;
+            keys.push(Arc::new(key));
+        }
+        let changed = {
+            let current = self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            current
+                .iter()
+                .map(|key| key.kid())
+                .ne(keys.iter().map(|key| key.kid()))
+        };
+        if changed {
+            if let Some(active) = keys.first() {
+                tracing::info!(
+                    active = active.kid(),
+                    published = keys.len(),
+                    "token-signing keys loaded"
+                );
+            }
+            *self
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
+        }
+        Ok(())
     }
 
     fn active_key(&self) -> Result<Arc<SigningKey>, UsersError> {

@@ -91,6 +91,8 @@ pub struct SigningKeyRow {
     pub kid: String,
     /// `v1:<kid>:<base64>` ciphertext of the PKCS#8 document.
     pub private_key: String,
+    /// When it was made (the newest signs).
+    pub created_at: DateTime<Utc>,
 }
 
 /// A stored refresh token (by hash).
@@ -244,7 +246,11 @@ impl UsersStore {
     /// Every signing key, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRow>, UsersError> {
         let select = Query::select()
-            .columns([SigningKeys::Kid, SigningKeys::PrivateKey])
+            .columns([
+                SigningKeys::Kid,
+                SigningKeys::PrivateKey,
+                SigningKeys::CreatedAt,
+            ])
             .from(SigningKeys::Table)
             .order_by(SigningKeys::CreatedAt, Order::Desc)
             .to_owned();
