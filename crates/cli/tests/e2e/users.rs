@@ -568,3 +568,125 @@ async fn jwt_key_rotation_without_a_failed_request() {
         "both keys published"
     );
 }
+
+/// A full flow (register, sign in, refresh, SSN, card, a failed sign-in, sign out) at debug
+/// level leaves no password, token, card number or SSN in any log line.
+#[tokio::test]
+async fn a_full_flow_leaves_no_secret_in_the_logs() {
+    let setup = Setup::new(Database::Sqlite).env("LOGICORE_LOG__LEVEL", "debug");
+    let platform = setup.start();
+    let password = "flow password 7731";
+    let account = json!({"email": "flow@example.com", "password": password, "name": "Flow"});
+    platform.post_json("/api/v1/auth/register", &account).await;
+    let (_, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "flow@example.com", "password": password}),
+        )
+        .await;
+    let (_, refreshed) = platform
+        .post_json(
+            "/api/v1/auth/refresh",
+            &json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    let access = refreshed["access_token"].as_str().unwrap().to_owned();
+    let ssn = "321-54-9876";
+    let card = "4111111111111111";
+    for (method, path, body) in [
+        (
+            reqwest::Method::PATCH,
+            "/api/v1/users/me",
+            json!({"ssn": ssn}),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/api/v1/users/me/payment-method",
+            json!({"card_number": card, "exp_month": 1, "exp_year": 2099}),
+        ),
+    ] {
+        let reply = platform
+            .client
+            .request(method, platform.url(path))
+            .bearer_auth(&access)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+    }
+    platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "flow@example.com", "password": "wrong flow password"}),
+        )
+        .await;
+    let logout = platform
+        .client
+        .post(platform.url("/api/v1/auth/logout"))
+        .json(&json!({"refresh_token": refreshed["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::NO_CONTENT);
+    platform.terminate();
+    assert!(platform.wait().success());
+
+    let secrets = [
+        password,
+        "wrong flow password",
+        tokens["access_token"].as_str().unwrap(),
+        tokens["refresh_token"].as_str().unwrap(),
+        &access,
+        refreshed["refresh_token"].as_str().unwrap(),
+        ssn,
+        card,
+        crate::support::ADMIN_PASSWORD,
+    ];
+    let lines: Vec<String> = crate::support::file_log_events(&setup.data_dir().join("logs"))
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    assert!(lines.len() > 10, "the flow was logged");
+    for line in &lines {
+        for secret in secrets {
+            assert!(
+                !line.contains(secret),
+                "a secret leaked into the log: {line}"
+            );
+        }
+    }
+}
+
+/// After ten failed sign-ins an account is locked for a while, even for the right password;
+/// other accounts are not affected.
+#[tokio::test]
+async fn repeated_failed_sign_ins_lock_the_account() {
+    let setup = Setup::new(Database::Sqlite);
+    let platform = setup.start();
+    for email in ["target@example.com", "bystander@example.com"] {
+        let account = json!({"email": email, "password": "right password", "name": "T"});
+        platform.post_json("/api/v1/auth/register", &account).await;
+    }
+    let platform = &platform;
+    let attempt = |email: &'static str, password: &'static str| async move {
+        platform
+            .post_json(
+                "/api/v1/auth/login",
+                &json!({"email": email, "password": password}),
+            )
+            .await
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            attempt("target@example.com", "guess").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, problem) = attempt("target@example.com", "right password").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{problem}");
+    assert_eq!(
+        attempt("bystander@example.com", "right password").await.0,
+        StatusCode::OK
+    );
+}

@@ -15,6 +15,9 @@ pub enum UsersError {
     /// A refresh token that is unknown, used, revoked or expired.
     #[error("the refresh token is not valid")]
     BadRefreshToken,
+    /// Too many failed sign-ins for one account.
+    #[error("too many failed sign-ins for this account; try again later")]
+    TooManyAttempts,
     /// No such account.
     #[error("no such user")]
     NotFound,
@@ -36,6 +39,8 @@ impl From<UsersError> for Problem {
             UsersError::BadCredentials | UsersError::BadRefreshToken => {
                 Problem::new(ErrorCode::Unauthorized, error.to_string())
             }
+            UsersError::TooManyAttempts => Problem::new(ErrorCode::RateLimited, error.to_string())
+                .with_retry_after(crate::service::LOCKOUT.as_secs()),
             UsersError::NotFound => Problem::not_found("user"),
             UsersError::Invalid(errors) => Problem::validation(errors),
             UsersError::Keys(detail) => Problem::internal(&detail),

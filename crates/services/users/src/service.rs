@@ -59,6 +59,11 @@ struct Claims<'a> {
     jti: String,
 }
 
+/// Failed sign-ins per account before it is locked out for [`LOCKOUT`].
+pub const MAX_FAILED_SIGN_INS: u32 = 10;
+/// How long failed sign-ins are remembered (and the lockout lasts).
+pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+
 /// How often a running service looks for a new signing key.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// Clock skew allowed on top of the token lifetime before an old key leaves the JWKS.
@@ -204,6 +209,8 @@ pub struct UsersService {
     settings: Arc<TokenSettings>,
     /// Signing keys, the active (newest) first.
     keys: Arc<RwLock<Vec<Arc<SigningKey>>>>,
+    /// Recent failed sign-ins by (lower-cased) e-mail, in this process.
+    failures: moka::sync::Cache<String, u32>,
 }
 
 fn now() -> DateTime<Utc> {
@@ -275,6 +282,10 @@ impl UsersService {
             ring,
             settings: Arc::new(settings),
             keys: Arc::new(RwLock::new(Vec::new())),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LOCKOUT)
+                .build(),
         };
         service.reload_keys().await?;
         // A key made by `logicore keys jwt-rotate` (another process) is picked up by itself.
@@ -381,14 +392,20 @@ impl UsersService {
     /// Signs in with e-mail and password; the same error (and cost) for an unknown e-mail
     /// and a wrong password.
     pub async fn login(&self, email: &str, password_text: String) -> Result<Tokens, UsersError> {
-        let user = self
-            .store
-            .find_by_email(&email.trim().to_lowercase())
-            .await?;
+        let email = email.trim().to_lowercase();
+        // Per account (the gateway limits per IP): guessing one account's password from many
+        // addresses stops after a few tries, for everyone, until the window passes.
+        if self.failures.get(&email).unwrap_or(0) >= MAX_FAILED_SIGN_INS {
+            return Err(UsersError::TooManyAttempts);
+        }
+        let user = self.store.find_by_email(&email).await?;
         let stored = user.as_ref().map(|user| user.password_hash.clone());
         if !password::verify(password_text, stored).await {
+            let failed = self.failures.get(&email).unwrap_or(0) + 1;
+            self.failures.insert(email, failed);
             return Err(UsersError::BadCredentials);
         }
+        self.failures.invalidate(&email);
         let user = user.ok_or(UsersError::BadCredentials)?;
         let mut tx = self.store.begin().await?;
         let refresh = random_token();
