@@ -439,6 +439,8 @@ async fn users_router(
         issuer,
         access_ttl: config.auth.access_token_ttl,
         refresh_ttl: config.auth.refresh_token_ttl,
+        key_file: (!config.auth.signing_key_file.is_empty())
+            .then(|| std::path::PathBuf::from(&config.auth.signing_key_file)),
     };
     let service = UsersService::start(db.clone(), std::sync::Arc::clone(ring), settings)
         .await

@@ -33,6 +33,9 @@ pub struct TokenSettings {
     pub access_ttl: Duration,
     /// Refresh token lifetime.
     pub refresh_ttl: Duration,
+    /// A PKCS#8 PEM Ed25519 key to sign with instead of generated ones
+    /// (`auth.signing_key_file`).
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// A sign-in's tokens.
@@ -63,6 +66,13 @@ struct Claims<'a> {
 pub const MAX_FAILED_SIGN_INS: u32 = 10;
 /// How long failed sign-ins are remembered (and the lockout lasts).
 pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+
+fn failure_counts() -> moka::sync::Cache<String, u32> {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(LOCKOUT)
+        .build()
+}
 
 /// How often a running service looks for a new signing key.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -270,6 +280,28 @@ impl UsersService {
         settings: TokenSettings,
     ) -> Result<Self, UsersError> {
         let store = UsersStore::new(db);
+        if let Some(path) = &settings.key_file {
+            let pem = std::fs::read_to_string(path).map_err(|err| {
+                UsersError::Keys(format!(
+                    "config key `auth.signing_key_file`: cannot read {}: {err}",
+                    path.display()
+                ))
+            })?;
+            let key = SigningKey::from_pem(&pem).map_err(|err| {
+                UsersError::Keys(format!("config key `auth.signing_key_file`: {err}"))
+            })?;
+            tracing::info!(
+                kid = key.kid(),
+                "signing tokens with the key of auth.signing_key_file"
+            );
+            return Ok(UsersService {
+                store,
+                ring,
+                settings: Arc::new(settings),
+                keys: Arc::new(RwLock::new(vec![Arc::new(key)])),
+                failures: failure_counts(),
+            });
+        }
         if store.signing_keys().await?.is_empty() {
             let key = SigningKey::generate();
             store
@@ -282,10 +314,7 @@ impl UsersService {
             ring,
             settings: Arc::new(settings),
             keys: Arc::new(RwLock::new(Vec::new())),
-            failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(LOCKOUT)
-                .build(),
+            failures: failure_counts(),
         };
         service.reload_keys().await?;
         // A key made by `logicore keys jwt-rotate` (another process) is picked up by itself.

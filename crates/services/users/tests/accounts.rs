@@ -15,6 +15,7 @@ fn settings() -> TokenSettings {
         issuer: "http://test".into(),
         access_ttl: Duration::from_secs(60),
         refresh_ttl: Duration::from_secs(600),
+        key_file: None,
     }
 }
 
@@ -137,4 +138,56 @@ async fn rotate_and_rewrap_round_trip() {
             .unwrap();
         assert_eq!(restarted.masked_ssn(&user).as_deref(), Some("***-**-0002"));
     }
+}
+
+/// `auth.signing_key_file`: tokens are signed with that key and only it is published.
+#[tokio::test]
+async fn a_configured_pem_key_signs_the_tokens() {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    use base64::Engine;
+
+    let test_db = TestDb::sqlite().await;
+    apply_migrations(&test_db.db, MIGRATIONS).await.unwrap();
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("signing.pem");
+    std::fs::write(&path, &pem).unwrap();
+    let expected = logicore_platform::auth::signing::SigningKey::from_pem(&pem).unwrap();
+
+    let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
+    let with_file = TokenSettings {
+        key_file: Some(path),
+        ..settings()
+    };
+    let service = UsersService::start(test_db.db.clone(), ring, with_file)
+        .await
+        .unwrap();
+    let jwks = service.jwks();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"][0]["kid"], expected.kid());
+    service
+        .register("pem@example.com".into(), "long enough".into(), "P".into())
+        .await
+        .unwrap();
+    let tokens = service
+        .login("pem@example.com", "long enough".into())
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(&tokens.access_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(expected.kid()));
+
+    let missing = TokenSettings {
+        key_file: Some(dir.path().join("absent.pem")),
+        ..settings()
+    };
+    let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
+    let err = UsersService::start(test_db.db.clone(), ring, missing)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("auth.signing_key_file"), "{err}");
 }
