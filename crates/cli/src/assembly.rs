@@ -45,6 +45,8 @@ pub enum Roles {
     Gateway,
     /// `logicore service catalog`: the catalog alone on `services.catalog.listen`.
     Catalog,
+    /// `logicore service users`: the users service alone on `services.users.listen`.
+    Users,
 }
 
 impl Roles {
@@ -54,6 +56,7 @@ impl Roles {
             Roles::All => ("logicore", "logicore"),
             Roles::Gateway => ("logicore-gateway", "gateway"),
             Roles::Catalog => ("logicore-catalog", "catalog"),
+            Roles::Users => ("logicore-users", "users"),
         }
     }
 }
@@ -87,7 +90,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
 
 /// Checks the parts of the config that depend on which roles run here (exit 2 on error).
 pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
-    if roles == Roles::Catalog {
+    if matches!(roles, Roles::Catalog | Roles::Users) {
         return Ok(());
     }
     let mut local = BTreeMap::new();
@@ -134,13 +137,22 @@ fn edge_config(
 }
 
 /// The token issuers: the configured ones, the default `logicore` issuer (no keys of its own
-/// configured) reading the JWKS of the users service when it runs in this process.
+/// configured) reading the JWKS of the users service: in this process, or at its first
+/// discovered instance.
 fn issuers(
     config: &Config,
     local_jwks: Option<&str>,
 ) -> Vec<logicore_platform::config::IssuerConfig> {
     let mut issuers = config.gateway.auth.issuers.clone();
-    if let Some(url) = local_jwks {
+    // Split: the users service's JWKS at its first discovered instance.
+    let discovered = config
+        .discovery
+        .static_instances
+        .get(logicore_users::SERVICE_NAME)
+        .and_then(|instances| instances.first())
+        .map(|instance| format!("{}/.well-known/jwks.json", instance.trim_end_matches('/')));
+    if let Some(url) = local_jwks.map(str::to_owned).or(discovered) {
+        let url = url.as_str();
         for issuer in &mut issuers {
             if issuer.name == "logicore"
                 && issuer.jwks_url.is_empty()
@@ -249,7 +261,8 @@ impl Process {
                     SocketAddr::new(loopback, bound.port())
                 );
                 let (catalog, catalog_api) = catalog_router(config, &db, true)?;
-                let (users, users_api) = users_router(config, &db, &ring, bound.port()).await?;
+                let (users, users_api) =
+                    users_service(config, &db, &ring, bound.port(), true).await?;
                 let mut local = BTreeMap::new();
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
                 local.insert(
@@ -290,21 +303,27 @@ impl Process {
                     reloader: Some(reloader),
                 }
             }
+            Roles::Users => {
+                // A single-role process never generates the key file (SPEC §7).
+                let ring = std::sync::Arc::new(load_keys(config, false)?);
+                let db = open_migrated_database(config).await?;
+                let listener = server::bind(config.services.users.listen).await?;
+                let port = listener.local_addr()?.port();
+                let (users, _) = users_service(config, &db, &ring, port, false).await?;
+                let users = standalone(config, "users", users);
+                Process {
+                    served: vec![serve_on("users", listener, router_service(users))?],
+                    db: Some(db),
+                    options,
+                    reloader: None,
+                }
+            }
             Roles::Catalog => {
                 let db = open_migrated_database(config).await?;
                 // Alone, the catalog has no caller to check yet (the gateway's route policy is
                 // the guard; service-side token verification comes with split roles).
                 let (catalog, _) = catalog_router(config, &db, false)?;
-                let catalog = catalog
-                    .route("/health", get(extract::health))
-                    .layer(DefaultBodyLimit::max(config.gateway.body_limit.as_usize()))
-                    .layer(axum::middleware::from_fn_with_state(
-                        AccessLog {
-                            service: "catalog",
-                            enabled: config.gateway.access_log,
-                        },
-                        request_context,
-                    ));
+                let catalog = standalone(config, "catalog", catalog);
                 let served = vec![
                     bind(
                         "catalog",
@@ -420,13 +439,29 @@ async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// A service's router as its own listener serves it: `/health`, the body limit, request ids
+/// and the access log the gateway would otherwise provide.
+fn standalone(config: &Config, service: &'static str, router: Router) -> Router {
+    router
+        .route("/health", get(extract::health))
+        .layer(DefaultBodyLimit::max(config.gateway.body_limit.as_usize()))
+        .layer(axum::middleware::from_fn_with_state(
+            AccessLog {
+                service,
+                enabled: config.gateway.access_log,
+            },
+            request_context,
+        ))
+}
+
 /// The users service over `db`, its signing keys encrypted with `ring`; tokens name the
 /// gateway (`auth.issuer`, else `gateway.public_url`, else `http://127.0.0.1:<port>`) as issuer.
-async fn users_router(
+async fn users_service(
     config: &Config,
     db: &Db,
     ring: &std::sync::Arc<KeyRing>,
     gateway_port: u16,
+    bootstrap: bool,
 ) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
     let issuer = if !config.auth.issuer.is_empty() {
         config.auth.issuer.clone()
@@ -445,7 +480,9 @@ async fn users_router(
     let service = UsersService::start(db.clone(), std::sync::Arc::clone(ring), settings)
         .await
         .map_err(|err| anyhow::anyhow!("the users service cannot start: {err}"))?;
-    bootstrap_admin(db).await?;
+    if bootstrap {
+        bootstrap_admin(db).await?;
+    }
     Ok(logicore_users::router(service))
 }
 

@@ -139,6 +139,9 @@ impl Command {
             Command::Service {
                 name: ServiceName::Catalog,
             } => Some(Roles::Catalog),
+            Command::Service {
+                name: ServiceName::Users,
+            } => Some(Roles::Users),
             _ => None,
         }
     }
@@ -154,7 +157,7 @@ impl Command {
             } => None,
             Command::Service {
                 name: ServiceName::Users,
-            } => Some("logicore service users"),
+            } => None,
             Command::Service {
                 name: ServiceName::Orders,
             } => Some("logicore service orders"),

@@ -74,3 +74,57 @@ fn a_gateway_route_to_an_unknown_service_exits_2() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("gateway.routes[0].service"), "{stderr}");
 }
+
+/// `logicore gateway` in front of `logicore service users`: accounts, tokens verified by the
+/// gateway through the users instance's JWKS, and by the users service itself.
+#[tokio::test]
+async fn the_gateway_role_fronts_a_users_service_elsewhere() {
+    let generated = Setup::new(Database::Sqlite)
+        .command(&["keys", "generate"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(generated.stdout).unwrap();
+    let users_setup = Setup::new(Database::Sqlite).env("LOGICORE_ENCRYPTION_KEYS", keys.trim());
+    let users = users_setup.start_roles(&["service", "users"], &["users"]);
+    let instances = format!("[\"http://{}\"]", users.addr("users"));
+    let gateway_setup =
+        Setup::new(Database::Sqlite).env("LOGICORE_DISCOVERY__STATIC__USERS", &instances);
+    let gateway = gateway_setup.start_roles(&["gateway"], &["gateway", "admin"]);
+
+    let account = json!({"email": "split@example.com", "password": "long enough", "name": "S"});
+    let (status, user) = gateway.post_json("/api/v1/auth/register", &account).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let (status, tokens) = gateway
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "split@example.com", "password": "long enough"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let me = gateway
+        .client
+        .get(gateway.url("/api/v1/users/me"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["email"], "split@example.com");
+    let forged = gateway
+        .client
+        .get(gateway.url("/api/v1/users/me"))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    // Straight to the users service, without the gateway: it checks its own tokens.
+    let direct = users
+        .client
+        .get(format!("http://{}/api/v1/users/me", users.addr("users")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), StatusCode::UNAUTHORIZED);
+}

@@ -99,6 +99,7 @@ impl Setup {
         command.env("LOGICORE_GATEWAY__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_ADMIN__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_SERVICES__CATALOG__LISTEN", "127.0.0.1:0");
+        command.env("LOGICORE_SERVICES__USERS__LISTEN", "127.0.0.1:0");
         if let Database::Postgres(url) = &self.database {
             command.env("LOGICORE_DATABASE__URL", url);
         }

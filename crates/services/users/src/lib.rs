@@ -83,6 +83,7 @@ struct UsersApi;
 
 /// Returns the users service's HTTP routes and their OpenAPI description.
 pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
+    let verifier = service.clone();
     let (router, api) = OpenApiRouter::with_openapi(UsersApi::openapi())
         .routes(routes!(http::register))
         .routes(routes!(http::login))
@@ -100,6 +101,31 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
             request_context::tag_route_template,
         ))
         .method_not_allowed_fallback(extract::method_not_allowed)
-        .fallback(extract::not_found);
+        .fallback(extract::not_found)
+        .layer(axum::middleware::from_fn_with_state(verifier, own_tokens));
     (router, api)
+}
+
+/// When no gateway handed over a verified caller (the users role on its own), a bearer token
+/// this service issued identifies the caller.
+async fn own_tokens(
+    axum::extract::State(service): axum::extract::State<UsersService>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use std::sync::Arc;
+
+    use logicore_platform::auth::Principal;
+    if request.extensions().get::<Arc<Principal>>().is_none() {
+        let token = request
+            .headers()
+            .get(::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        if let Some(principal) = token.and_then(|token| service.verify(token)) {
+            request.extensions_mut().insert(Arc::new(principal));
+        }
+    }
+    next.run(request).await
 }
