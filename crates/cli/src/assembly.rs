@@ -476,6 +476,8 @@ async fn users_service(
         refresh_ttl: config.auth.refresh_token_ttl,
         key_file: (!config.auth.signing_key_file.is_empty())
             .then(|| std::path::PathBuf::from(&config.auth.signing_key_file)),
+        leeway: config.auth.leeway,
+        clients: config.auth.clients.clone(),
     };
     let service = UsersService::start(db.clone(), std::sync::Arc::clone(ring), settings)
         .await

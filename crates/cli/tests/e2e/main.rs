@@ -5,6 +5,7 @@
 mod catalog;
 mod cli;
 mod lifecycle;
+mod oauth;
 mod outage;
 mod proxy;
 mod relay;

@@ -505,6 +505,38 @@ fn validate_misc(config: &Config) -> Result<(), ConfigError> {
             "OTLP export",
         ));
     }
+    for (index, client) in config.auth.clients.iter().enumerate() {
+        let key = |field: &str| format!("auth.clients[{index}].{field}");
+        if client.client_id.trim().is_empty() {
+            return Err(ConfigError::new(key("client_id"), "must not be empty"));
+        }
+        if client.redirect_uris.is_empty() {
+            return Err(ConfigError::new(
+                key("redirect_uris"),
+                "needs at least one URI",
+            ));
+        }
+        let public = match client.token_endpoint_auth_method.as_str() {
+            "" | "client_secret_basic" | "client_secret_post" => false,
+            "none" => true,
+            _ => {
+                return Err(ConfigError::new(
+                    key("token_endpoint_auth_method"),
+                    "must be client_secret_basic, client_secret_post or none",
+                ));
+            }
+        };
+        if public != client.client_secret.is_empty() {
+            return Err(ConfigError::new(
+                key("client_secret"),
+                if public {
+                    "a public client (token_endpoint_auth_method = \"none\") has no secret"
+                } else {
+                    "a confidential client needs a secret"
+                },
+            ));
+        }
+    }
     if !config.auth.providers.is_empty() {
         return Err(ConfigError::not_yet_supported(
             "auth.providers",

@@ -212,3 +212,44 @@ fn shown_config_loads_back_to_the_same_values() {
         config.webhooks.retry_schedule
     );
 }
+
+#[test]
+fn oauth_clients_are_checked_by_key() {
+    let client = |fields: &str| format!("[[auth.clients]]\n{fields}\n");
+    let ok = load_with(
+        Some(&client(
+            "client_id = \"shop\"\nredirect_uris = [\"https://a/cb\"]\nclient_secret = \"s\"",
+        )),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.auth.clients[0].client_id, "shop");
+    assert!(!ok.to_redacted_toml().contains("client_secret = \"s\""));
+    for (fields, key) in [
+        (
+            "redirect_uris = [\"https://a/cb\"]",
+            "auth.clients[0].client_id",
+        ),
+        (
+            "client_id = \"x\"\nclient_secret = \"s\"",
+            "auth.clients[0].redirect_uris",
+        ),
+        (
+            "client_id = \"x\"\nredirect_uris = [\"https://a/cb\"]",
+            "auth.clients[0].client_secret",
+        ),
+        (
+            "client_id = \"x\"\nredirect_uris = [\"https://a/cb\"]\nclient_secret = \"s\"\n\
+             token_endpoint_auth_method = \"none\"",
+            "auth.clients[0].client_secret",
+        ),
+        (
+            "client_id = \"x\"\nredirect_uris = [\"https://a/cb\"]\n\
+             token_endpoint_auth_method = \"private_key_jwt\"",
+            "auth.clients[0].token_endpoint_auth_method",
+        ),
+    ] {
+        let err = load_with(Some(&client(fields)), &[]).unwrap_err();
+        assert_eq!(err.key, key, "{fields}");
+    }
+}

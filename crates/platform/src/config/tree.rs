@@ -740,6 +740,8 @@ pub struct AuthConfig {
     pub signing_key_file: String,
     /// External OpenID Connect providers.
     pub providers: Vec<ProviderConfig>,
+    /// OAuth clients known from configuration (more are registered over the admin API).
+    pub clients: Vec<OAuthClientConfig>,
 }
 
 impl Default for AuthConfig {
@@ -751,8 +753,25 @@ impl Default for AuthConfig {
             leeway: secs(30),
             signing_key_file: String::new(),
             providers: Vec::new(),
+            clients: Vec::new(),
         }
     }
+}
+
+/// One `[[auth.clients]]` entry: an OAuth client with RFC 7591 field names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthClientConfig {
+    /// The client's id.
+    pub client_id: String,
+    /// Its secret (confidential clients).
+    pub client_secret: Secret,
+    /// Shown on the login page.
+    pub client_name: String,
+    /// Exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// `client_secret_basic` (default), `client_secret_post` or `none` (public client).
+    pub token_endpoint_auth_method: String,
 }
 
 /// One `[[auth.providers]]` entry.

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod http;
+pub mod oauth;
 pub mod payment;
 pub mod rewrap;
 pub mod service;
@@ -45,6 +46,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/2026112603_payment_methods.sql"),
         postgres: include_str!("../migrations/postgres/2026112603_payment_methods.sql"),
     },
+    Migration {
+        version: 2026112604,
+        name: "users: OAuth clients and codes, revoked tokens, verified e-mail",
+        sqlite: include_str!("../migrations/sqlite/2026112604_oauth.sql"),
+        postgres: include_str!("../migrations/postgres/2026112604_oauth.sql"),
+    },
 ];
 
 /// The gateway routes this service brings: sign-in and registration limited per client IP
@@ -58,32 +65,63 @@ pub fn built_in_routes() -> Vec<RouteConfig> {
         ..RouteConfig::default()
     };
     vec![
-        RouteConfig {
-            rate_limit: RouteRateLimitConfig {
-                per_ip: Some(Rate {
-                    count: 30,
-                    period: std::time::Duration::from_secs(60),
-                }),
-                per_user: None,
-            },
-            ..route("/api/v1/auth", RouteAuth::None)
-        },
+        sign_in_limited(route("/api/v1/auth", RouteAuth::None)),
         route("/api/v1/users", RouteAuth::Required),
-        RouteConfig {
-            roles: vec!["admin".to_owned()],
-            ..route("/api/v1/admin/users", RouteAuth::Required)
-        },
+        admins_only(route("/api/v1/admin/users", RouteAuth::Required)),
         route("/.well-known/jwks.json", RouteAuth::None),
+        route("/.well-known/oauth-authorization-server", RouteAuth::None),
+        route("/.well-known/openid-configuration", RouteAuth::None),
+        // The token, revocation and introspection endpoints authenticate clients themselves.
+        route("/oauth", RouteAuth::None),
+        sign_in_limited(route("/oauth/authorize", RouteAuth::None)),
+        admins_only(route("/api/v1/admin/oauth-clients", RouteAuth::Required)),
     ]
 }
 
+/// Sign-in and registration: 30 requests a minute per client IP.
+fn sign_in_limited(route: RouteConfig) -> RouteConfig {
+    RouteConfig {
+        rate_limit: RouteRateLimitConfig {
+            per_ip: Some(Rate {
+                count: 30,
+                period: std::time::Duration::from_secs(60),
+            }),
+            per_user: None,
+        },
+        ..route
+    }
+}
+
+fn admins_only(route: RouteConfig) -> RouteConfig {
+    RouteConfig {
+        roles: vec!["admin".to_owned()],
+        ..route
+    }
+}
+
 #[derive(OpenApi)]
-#[openapi(tags((name = "users", description = "Accounts, sign-in and token keys")))]
+#[openapi(tags(
+    (name = "users", description = "Accounts, sign-in and token keys"),
+    (name = "oauth", description = "OAuth 2.1 authorization server and OpenID Connect provider"),
+))]
 struct UsersApi;
 
 /// Returns the users service's HTTP routes and their OpenAPI description.
 pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
     let verifier = service.clone();
+    let oauth_routes = OpenApiRouter::new()
+        .routes(routes!(
+            oauth::http::authorize_page,
+            oauth::http::authorize_submit
+        ))
+        .routes(routes!(oauth::http::token))
+        .routes(routes!(oauth::http::revoke))
+        .routes(routes!(oauth::http::introspect))
+        .routes(routes!(oauth::http::userinfo))
+        .routes(routes!(oauth::http::metadata))
+        .routes(routes!(oauth::http::openid_configuration))
+        .routes(routes!(oauth::http::register_client))
+        .with_state(oauth::OAuthServer::new(service.clone()));
     let (router, api) = OpenApiRouter::with_openapi(UsersApi::openapi())
         .routes(routes!(http::register))
         .routes(routes!(http::login))
@@ -95,6 +133,7 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(http::set_roles))
         .routes(routes!(http::jwks))
         .with_state(service)
+        .merge(oauth_routes)
         .split_for_parts();
     let router = router
         .route_layer(axum::middleware::from_fn(

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use logicore_platform::auth::password;
-use logicore_platform::auth::signing::{self, SigningKey};
+use logicore_platform::auth::signing::{self, KeyAlgorithm, SigningKey};
 use logicore_platform::crypto::masking::mask_ssn;
 use logicore_platform::crypto::{FieldContext, KeyRing};
 use logicore_platform::db::Db;
@@ -17,7 +17,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::UsersError;
-use crate::store::{UserRow, UsersStore};
+use crate::store::{Grant, RefreshRow, UserRow, UsersStore};
 
 /// Role given at registration.
 pub const DEFAULT_ROLE: &str = "customer";
@@ -36,6 +36,10 @@ pub struct TokenSettings {
     /// A PKCS#8 PEM Ed25519 key to sign with instead of generated ones
     /// (`auth.signing_key_file`).
     pub key_file: Option<std::path::PathBuf>,
+    /// Clock skew allowed when verifying tokens.
+    pub leeway: Duration,
+    /// OAuth clients from the configuration (`[[auth.clients]]`).
+    pub clients: Vec<logicore_platform::config::OAuthClientConfig>,
 }
 
 /// A sign-in's tokens.
@@ -60,6 +64,39 @@ struct Claims<'a> {
     iat: i64,
     exp: i64,
     jti: String,
+    /// The sign-in session (refresh-token family): revoking it ends the session.
+    sid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+}
+
+/// The claims of an access token this service signed.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// The account.
+    pub sub: String,
+    /// Its roles when the token was issued.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Issued at (seconds).
+    pub iat: i64,
+    /// Expiry (seconds).
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+    /// The sign-in session (refresh-token family).
+    #[serde(default)]
+    pub sid: Option<String>,
+    /// The OAuth client it was issued to.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The OAuth scope.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// Failed sign-ins per account before it is locked out for [`LOCKOUT`].
@@ -81,9 +118,18 @@ const KEY_GRACE: Duration = Duration::from_secs(60);
 
 /// Makes a new signing key (`logicore keys jwt-rotate`): running services publish it and sign
 /// with it within seconds; older keys stay in the JWKS until their tokens have expired.
+/// Both algorithms are rotated: the Ed25519 key of access tokens and the RSA key of ID tokens.
+/// Returns the new Ed25519 key's id.
 pub async fn rotate_signing_key(db: &Db, ring: &KeyRing) -> Result<String, UsersError> {
+    let store = UsersStore::new(db.clone());
+    let rsa = tokio::task::spawn_blocking(SigningKey::generate_rsa)
+        .await
+        .map_err(|err| UsersError::Keys(err.to_string()))?;
+    store
+        .insert_signing_key(rsa.kid(), &rsa.encrypted_private_key(ring), now())
+        .await?;
     let key = SigningKey::generate();
-    UsersStore::new(db.clone())
+    store
         .insert_signing_key(key.kid(), &key.encrypted_private_key(ring), now())
         .await?;
     Ok(key.kid().to_owned())
@@ -123,7 +169,12 @@ async fn create_with_roles(
     if !errors.is_empty() {
         return Err(UsersError::Invalid(errors));
     }
-    insert_account(store, email, password_text, name, roles.join(",")).await
+    let user = insert_account(store, email, password_text, name, roles.join(",")).await?;
+    // An operator vouches for the addresses of the accounts they make.
+    crate::oauth::store::OAuthStore::new(store.db().clone())
+        .mark_email_verified(user.id)
+        .await?;
+    Ok(user)
 }
 
 /// The field error of a role list that is empty or names an unknown role.
@@ -223,11 +274,11 @@ pub struct UsersService {
     failures: moka::sync::Cache<String, u32>,
 }
 
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         panic!("the system random number generator failed");
@@ -266,7 +317,7 @@ pub fn random_password() -> String {
     random_token()[..24].to_owned()
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     URL_SAFE_NO_PAD.encode(digest.as_ref())
 }
@@ -302,13 +353,6 @@ impl UsersService {
                 failures: failure_counts(),
             });
         }
-        if store.signing_keys().await?.is_empty() {
-            let key = SigningKey::generate();
-            store
-                .insert_signing_key(key.kid(), &key.encrypted_private_key(&ring), now())
-                .await?;
-            tracing::info!(kid = key.kid(), "generated the first token-signing key");
-        }
         let service = UsersService {
             store,
             ring,
@@ -316,6 +360,28 @@ impl UsersService {
             keys: Arc::new(RwLock::new(Vec::new())),
             failures: failure_counts(),
         };
+        service.reload_keys().await?;
+        // The first start makes one key of each algorithm.
+        for algorithm in [KeyAlgorithm::Rs256, KeyAlgorithm::EdDsa] {
+            if service.active_key(algorithm).is_ok() {
+                continue;
+            }
+            let key = match algorithm {
+                KeyAlgorithm::EdDsa => SigningKey::generate(),
+                KeyAlgorithm::Rs256 => tokio::task::spawn_blocking(SigningKey::generate_rsa)
+                    .await
+                    .map_err(|err| UsersError::Keys(err.to_string()))?,
+            };
+            service
+                .store
+                .insert_signing_key(key.kid(), &key.encrypted_private_key(&service.ring), now())
+                .await?;
+            tracing::info!(
+                kid = key.kid(),
+                alg = algorithm.name(),
+                "generated a token-signing key"
+            );
+        }
         service.reload_keys().await?;
         // A key made by `logicore keys jwt-rotate` (another process) is picked up by itself.
         let reloading = service.clone();
@@ -341,15 +407,21 @@ impl UsersService {
         let grace = chrono::Duration::from_std(self.settings.access_ttl + KEY_GRACE)
             .unwrap_or(chrono::Duration::MAX);
         let mut keys = Vec::new();
-        let mut successor: Option<DateTime<Utc>> = None;
+        // The newest key of each algorithm seen so far (rows come newest first).
+        let mut successors: Vec<(KeyAlgorithm, DateTime<Utc>)> = Vec::new();
         for row in rows {
-            let expired = successor.is_some_and(|newer| now - newer > grace);
-            successor = Some(row.created_at);
-            if expired {
-                continue;
-            }
             let key = SigningKey::from_encrypted(&row.kid, &row.private_key, &self.ring)
                 .map_err(|err| UsersError::Keys(err.to_string()))?;
+            let successor = successors
+                .iter()
+                .find(|(algorithm, _)| *algorithm == key.algorithm())
+                .map(|(_, created)| *created);
+            if successor.is_none() {
+                successors.push((key.algorithm(), row.created_at));
+            }
+            if successor.is_some_and(|newer| now - newer > grace) {
+                continue;
+            }
             keys.push(Arc::new(key));
         }
         let changed = {
@@ -378,26 +450,46 @@ impl UsersService {
         Ok(())
     }
 
-    fn active_key(&self) -> Result<Arc<SigningKey>, UsersError> {
+    /// The newest key of `algorithm`.
+    fn active_key(&self, algorithm: KeyAlgorithm) -> Result<Arc<SigningKey>, UsersError> {
         let keys = self
             .keys
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        keys.first()
+        keys.iter()
+            .find(|key| key.algorithm() == algorithm)
             .cloned()
-            .ok_or_else(|| UsersError::Keys("no signing key".into()))
+            .ok_or_else(|| UsersError::Keys(format!("no {} signing key", algorithm.name())))
+    }
+
+    /// The key that signs access tokens: the newest Ed25519 key, or the configured key file's.
+    pub(crate) fn access_key(&self) -> Result<Arc<SigningKey>, UsersError> {
+        self.active_key(KeyAlgorithm::EdDsa)
+            .or_else(|_| self.active_key(KeyAlgorithm::Rs256))
+    }
+
+    /// The key that signs ID tokens: the newest RSA key (RS256, as OpenID Connect requires),
+    /// or the access-token key when a configured key file is the only key.
+    pub(crate) fn id_token_key(&self) -> Result<Arc<SigningKey>, UsersError> {
+        self.active_key(KeyAlgorithm::Rs256)
+            .or_else(|_| self.access_key())
     }
 
     /// Verifies an access token this service issued (signature with a published key, `aud`,
-    /// `exp` with 30 s of leeway) and returns its caller; used when no gateway vouched for
+    /// `exp` with `auth.leeway`) and returns its caller; used when no gateway vouched for
     /// the request (the users role on its own).
     pub fn verify(&self, token: &str) -> Option<logicore_platform::auth::Principal> {
-        #[derive(serde::Deserialize)]
-        struct Verified {
-            sub: String,
-            #[serde(default)]
-            roles: Vec<String>,
-        }
+        let claims = self.verify_access(token, true)?;
+        Some(logicore_platform::auth::Principal {
+            subject: claims.sub,
+            roles: claims.roles,
+            issuer: "logicore".to_owned(),
+        })
+    }
+
+    /// The claims of an access token this service signed (`aud` = `logicore`, a published
+    /// key); `check_expiry` false accepts an expired one (revocation).
+    pub(crate) fn verify_access(&self, token: &str, check_expiry: bool) -> Option<AccessClaims> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let kid = header.kid?;
         let key = {
@@ -407,19 +499,22 @@ impl UsersService {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             keys.iter().find(|key| key.kid() == kid).cloned()?
         };
-        let jwk = key.jwk();
-        let decoding = jsonwebtoken::DecodingKey::from_ed_components(jwk["x"].as_str()?).ok()?;
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk()).ok()?;
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).ok()?;
+        let algorithm = match key.algorithm() {
+            KeyAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+            KeyAlgorithm::Rs256 => jsonwebtoken::Algorithm::RS256,
+        };
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
         validation.set_audience(&[AUDIENCE]);
-        validation.leeway = 30;
-        let claims = jsonwebtoken::decode::<Verified>(token, &decoding, &validation)
-            .ok()?
-            .claims;
-        Some(logicore_platform::auth::Principal {
-            subject: claims.sub,
-            roles: claims.roles,
-            issuer: "logicore".to_owned(),
-        })
+        validation.leeway = self.settings.leeway.as_secs();
+        validation.validate_exp = check_expiry;
+        if !check_expiry {
+            validation.required_spec_claims.remove("exp");
+        }
+        jsonwebtoken::decode::<AccessClaims>(token, &decoding, &validation)
+            .ok()
+            .map(|data| data.claims)
     }
 
     /// The public keys as a JWKS document.
@@ -455,6 +550,23 @@ impl UsersService {
     /// Signs in with e-mail and password; the same error (and cost) for an unknown e-mail
     /// and a wrong password.
     pub async fn login(&self, email: &str, password_text: String) -> Result<Tokens, UsersError> {
+        let user = self.authenticate(email, password_text).await?;
+        let family = Uuid::now_v7();
+        let mut tx = self.store.begin().await?;
+        let refresh = self
+            .new_refresh(&mut tx, user.id, family, Grant::default())
+            .await?;
+        tx.commit().await?;
+        Ok(self.tokens(&user, family, Grant::default(), refresh)?.0)
+    }
+
+    /// Checks an e-mail and password (per-account lockout included); the same error (and
+    /// cost) for an unknown e-mail and a wrong password.
+    pub(crate) async fn authenticate(
+        &self,
+        email: &str,
+        password_text: String,
+    ) -> Result<UserRow, UsersError> {
         let email = email.trim().to_lowercase();
         // Per account (the gateway limits per IP): guessing one account's password from many
         // addresses stops after a few tries, for everyone, until the window passes.
@@ -469,33 +581,57 @@ impl UsersService {
             return Err(UsersError::BadCredentials);
         }
         self.failures.invalidate(&email);
-        let user = user.ok_or(UsersError::BadCredentials)?;
-        let mut tx = self.store.begin().await?;
+        user.ok_or(UsersError::BadCredentials)
+    }
+
+    /// Stores a new refresh token of `family` (in `tx`) and returns it.
+    pub(crate) async fn new_refresh(
+        &self,
+        tx: &mut logicore_platform::db::Tx,
+        user: Uuid,
+        family: Uuid,
+        grant: Grant<'_>,
+    ) -> Result<String, UsersError> {
         let refresh = random_token();
         let now = now();
         self.store
             .insert_refresh(
-                &mut tx,
+                tx,
                 &token_hash(&refresh),
-                user.id,
-                Uuid::now_v7(),
+                user,
+                family,
+                grant,
                 now + self.settings.refresh_ttl,
                 now,
             )
             .await?;
-        tx.commit().await?;
-        self.tokens(&user, refresh)
+        Ok(refresh)
     }
 
     /// Exchanges a refresh token for new tokens (rotation). A token used twice revokes its
     /// whole family: whoever holds either copy must sign in again.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, UsersError> {
+        let (user, row, next) = self.rotate(refresh_token, None).await?;
+        Ok(self.tokens(&user, row.family_id, Grant::default(), next)?.0)
+    }
+
+    /// Spends `refresh_token` (issued to `client`, or to the platform's own sign-in when
+    /// `None`) and stores its successor: the account, the spent token's row and the new
+    /// token. A token used twice revokes its whole family.
+    pub(crate) async fn rotate(
+        &self,
+        refresh_token: &str,
+        client: Option<&str>,
+    ) -> Result<(UserRow, RefreshRow, String), UsersError> {
         let hash = token_hash(refresh_token);
         let now = now();
         let mut tx = self.store.begin().await?;
         let Some(row) = self.store.find_refresh(&mut tx, &hash).await? else {
             return Err(UsersError::BadRefreshToken);
         };
+        if row.client_id.as_deref() != client {
+            return Err(UsersError::BadRefreshToken);
+        }
         if row.used_at.is_some() && row.revoked_at.is_none() {
             self.store
                 .revoke_family(&mut tx, row.family_id, now)
@@ -508,16 +644,12 @@ impl UsersService {
             return Err(UsersError::BadRefreshToken);
         }
         self.store.mark_used(&mut tx, &hash, now).await?;
-        let next = random_token();
-        self.store
-            .insert_refresh(
-                &mut tx,
-                &token_hash(&next),
-                row.user_id,
-                row.family_id,
-                now + self.settings.refresh_ttl,
-                now,
-            )
+        let grant = Grant {
+            client_id: row.client_id.as_deref(),
+            scope: row.scope.as_deref(),
+        };
+        let next = self
+            .new_refresh(&mut tx, row.user_id, row.family_id, grant)
             .await?;
         tx.commit().await?;
         let user = self
@@ -525,7 +657,7 @@ impl UsersService {
             .get_user(row.user_id)
             .await?
             .ok_or(UsersError::BadRefreshToken)?;
-        self.tokens(&user, next)
+        Ok((user, row, next))
     }
 
     /// Signs out: the refresh token's family is revoked (unknown tokens are fine).
@@ -674,10 +806,19 @@ impl UsersService {
         self.store.get_user(id).await?.ok_or(UsersError::NotFound)
     }
 
-    fn tokens(&self, user: &UserRow, refresh_token: String) -> Result<Tokens, UsersError> {
-        let key = self.active_key()?;
+    /// Signs an access token for `user` (session `family`, OAuth `grant`) and returns the
+    /// tokens with the access token's `jti`.
+    pub(crate) fn tokens(
+        &self,
+        user: &UserRow,
+        family: Uuid,
+        grant: Grant<'_>,
+        refresh_token: String,
+    ) -> Result<(Tokens, String), UsersError> {
+        let key = self.access_key()?;
         let issued = Utc::now().timestamp();
         let ttl = self.settings.access_ttl.as_secs();
+        let jti = Uuid::now_v7().to_string();
         let claims = Claims {
             iss: &self.settings.issuer,
             aud: AUDIENCE,
@@ -685,16 +826,32 @@ impl UsersService {
             roles: user.role_list(),
             iat: issued,
             exp: issued + i64::try_from(ttl).unwrap_or(i64::MAX),
-            jti: Uuid::now_v7().to_string(),
+            jti: jti.clone(),
+            sid: family.to_string(),
+            client_id: grant.client_id,
+            scope: grant.scope,
         };
         let access_token = key
             .sign(&claims)
             .map_err(|err| UsersError::Keys(err.to_string()))?;
-        Ok(Tokens {
-            access_token,
-            token_type: "Bearer",
-            expires_in: ttl,
-            refresh_token,
-        })
+        Ok((
+            Tokens {
+                access_token,
+                token_type: "Bearer",
+                expires_in: ttl,
+                refresh_token,
+            },
+            jti,
+        ))
+    }
+
+    /// The settings this service runs with.
+    pub(crate) fn settings(&self) -> &TokenSettings {
+        &self.settings
+    }
+
+    /// The storage.
+    pub(crate) fn store(&self) -> &UsersStore {
+        &self.store
     }
 }

@@ -38,6 +38,8 @@ enum RefreshTokens {
     UsedAt,
     RevokedAt,
     CreatedAt,
+    ClientId,
+    Scope,
 }
 
 /// Every column of `users`, in [`UserRow`]'s order.
@@ -108,6 +110,20 @@ pub struct RefreshRow {
     pub used_at: Option<DateTime<Utc>>,
     /// Set when the family was revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The OAuth client it was issued to (none: the platform's own sign-in).
+    pub client_id: Option<String>,
+    /// The OAuth scope granted.
+    pub scope: Option<String>,
+}
+
+/// To whom a refresh token was issued: an OAuth client and scope, or the platform's own
+/// sign-in (`None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Grant<'a> {
+    /// The OAuth client.
+    pub client_id: Option<&'a str>,
+    /// The scope granted to it.
+    pub scope: Option<&'a str>,
 }
 
 /// Reads and writes accounts, signing keys and refresh tokens.
@@ -120,6 +136,11 @@ impl UsersStore {
     /// Wraps the database handle.
     pub fn new(db: Db) -> Self {
         UsersStore { db }
+    }
+
+    /// The database handle.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Runs one write in its own transaction.
@@ -277,12 +298,14 @@ impl UsersStore {
     }
 
     /// Stores a new refresh token (by hash) of `family`.
+    #[expect(clippy::too_many_arguments, reason = "one column each")]
     pub async fn insert_refresh(
         &self,
         tx: &mut Tx,
         hash: &str,
         user: Uuid,
         family: Uuid,
+        grant: Grant<'_>,
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), UsersError> {
@@ -292,6 +315,8 @@ impl UsersStore {
                 RefreshTokens::TokenHash,
                 RefreshTokens::UserId,
                 RefreshTokens::FamilyId,
+                RefreshTokens::ClientId,
+                RefreshTokens::Scope,
                 RefreshTokens::ExpiresAt,
                 RefreshTokens::CreatedAt,
             ])
@@ -299,6 +324,8 @@ impl UsersStore {
                 hash.into(),
                 user.into(),
                 family.into(),
+                grant.client_id.map(str::to_owned).into(),
+                grant.scope.map(str::to_owned).into(),
                 expires_at.into(),
                 now.into(),
             ])
@@ -312,24 +339,34 @@ impl UsersStore {
         Ok(self.db.begin().await?)
     }
 
-    /// Finds a refresh token by hash, inside `tx`.
-    pub async fn find_refresh(
-        &self,
-        tx: &mut Tx,
-        hash: &str,
-    ) -> Result<Option<RefreshRow>, UsersError> {
-        let select = Query::select()
+    fn select_refresh(hash: &str) -> sea_query::SelectStatement {
+        Query::select()
             .columns([
                 RefreshTokens::UserId,
                 RefreshTokens::FamilyId,
                 RefreshTokens::ExpiresAt,
                 RefreshTokens::UsedAt,
                 RefreshTokens::RevokedAt,
+                RefreshTokens::ClientId,
+                RefreshTokens::Scope,
             ])
             .from(RefreshTokens::Table)
             .and_where(Expr::col(RefreshTokens::TokenHash).eq(hash))
-            .to_owned();
-        Ok(tx.fetch_optional(&select).await?)
+            .to_owned()
+    }
+
+    /// Finds a refresh token by hash, inside `tx`.
+    pub async fn find_refresh(
+        &self,
+        tx: &mut Tx,
+        hash: &str,
+    ) -> Result<Option<RefreshRow>, UsersError> {
+        Ok(tx.fetch_optional(&Self::select_refresh(hash)).await?)
+    }
+
+    /// Finds a refresh token by hash (a read, outside any transaction).
+    pub async fn peek_refresh(&self, hash: &str) -> Result<Option<RefreshRow>, UsersError> {
+        Ok(self.db.fetch_optional(&Self::select_refresh(hash)).await?)
     }
 
     /// Marks a refresh token used (rotated).
@@ -346,6 +383,19 @@ impl UsersStore {
             .to_owned();
         tx.execute(&update).await?;
         Ok(())
+    }
+
+    /// Returns true when the session (refresh-token family) was revoked.
+    pub async fn family_revoked(&self, family: Uuid) -> Result<bool, UsersError> {
+        let select = Query::select()
+            .column(RefreshTokens::FamilyId)
+            .from(RefreshTokens::Table)
+            .and_where(Expr::col(RefreshTokens::FamilyId).eq(family))
+            .and_where(Expr::col(RefreshTokens::RevokedAt).is_not_null())
+            .limit(1)
+            .to_owned();
+        let row: Option<(Uuid,)> = self.db.fetch_optional(&select).await?;
+        Ok(row.is_some())
     }
 
     /// Revokes every token of a family.

@@ -16,6 +16,8 @@ fn settings() -> TokenSettings {
         access_ttl: Duration::from_secs(60),
         refresh_ttl: Duration::from_secs(600),
         key_file: None,
+        leeway: Duration::from_secs(30),
+        clients: Vec::new(),
     }
 }
 
@@ -115,11 +117,11 @@ async fn rotate_and_rewrap_round_trip() {
         .unwrap();
         assert_eq!(
             rewrapped,
-            4,
-            "{}: 3 SSNs and the signing key",
+            5,
+            "{}: 3 SSNs and the two signing keys (Ed25519 and RSA)",
             test_db.label()
         );
-        assert_eq!(reports.last(), Some(&(4, 4)));
+        assert_eq!(reports.last(), Some(&(5, 5)));
         let again = logicore_users::rewrap::rewrap(&test_db.db, &rotated, |_, _| {})
             .await
             .unwrap();
