@@ -478,6 +478,7 @@ async fn users_service(
             .then(|| std::path::PathBuf::from(&config.auth.signing_key_file)),
         leeway: config.auth.leeway,
         clients: config.auth.clients.clone(),
+        providers: config.auth.providers.clone(),
     };
     let service = UsersService::start(db.clone(), std::sync::Arc::clone(ring), settings)
         .await

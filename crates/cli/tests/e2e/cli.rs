@@ -95,7 +95,7 @@ fn migrate_applies_and_reports_the_schema_history() {
 
     let applied = run(&setup, &["migrate"]);
     assert!(applied.status.success(), "{}", stderr(&applied));
-    assert!(String::from_utf8_lossy(&applied.stdout).contains("5 migration(s) applied"));
+    assert!(String::from_utf8_lossy(&applied.stdout).contains("6 migration(s) applied"));
 
     let status = run(&setup, &["migrate", "--status"]);
     let text = String::from_utf8_lossy(&status.stdout);

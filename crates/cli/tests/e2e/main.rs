@@ -7,6 +7,7 @@ mod cli;
 mod lifecycle;
 mod oauth;
 mod outage;
+mod providers;
 mod proxy;
 mod relay;
 mod split;

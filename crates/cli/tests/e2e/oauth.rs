@@ -15,12 +15,12 @@ const REDIRECT: &str = "http://127.0.0.1:9/callback";
 const OTHER_REDIRECT: &str = "http://127.0.0.1:9/other";
 
 /// A PKCE pair.
-struct Pkce {
-    verifier: String,
-    challenge: String,
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
 }
 
-fn pkce() -> Pkce {
+pub fn pkce() -> Pkce {
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes).unwrap();
     let verifier = URL_SAFE_NO_PAD.encode(bytes);
@@ -31,7 +31,7 @@ fn pkce() -> Pkce {
     }
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
+pub fn form(pairs: &[(&str, &str)]) -> String {
     let mut serializer = form_urlencoded::Serializer::new(String::new());
     for (name, value) in pairs {
         serializer.append_pair(name, value);
@@ -40,7 +40,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 }
 
 /// The query parameters of a redirect `Location`.
-fn query_of(location: &str) -> std::collections::BTreeMap<String, String> {
+pub fn query_of(location: &str) -> std::collections::BTreeMap<String, String> {
     let query = location.split_once('?').map_or("", |(_, query)| query);
     form_urlencoded::parse(query.as_bytes())
         .into_owned()
@@ -48,7 +48,7 @@ fn query_of(location: &str) -> std::collections::BTreeMap<String, String> {
 }
 
 /// A client that does not follow redirects (the test reads them).
-fn browser() -> reqwest::Client {
+pub fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

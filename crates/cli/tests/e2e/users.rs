@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Database, Platform, Setup};
 
-async fn me(platform: &Platform, token: &str) -> (StatusCode, Value) {
+pub async fn me(platform: &Platform, token: &str) -> (StatusCode, Value) {
     let reply = platform
         .client
         .get(platform.url("/api/v1/users/me"))

@@ -537,11 +537,33 @@ fn validate_misc(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if !config.auth.providers.is_empty() {
-        return Err(ConfigError::not_yet_supported(
-            "auth.providers",
-            "external sign-in",
-        ));
+    let mut provider_names = std::collections::BTreeSet::new();
+    for (index, provider) in config.auth.providers.iter().enumerate() {
+        let key = |field: &str| format!("auth.providers[{index}].{field}");
+        let name_ok = !provider.name.is_empty()
+            && provider.name.len() <= 40
+            && provider
+                .name
+                .bytes()
+                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+        if !name_ok {
+            return Err(ConfigError::new(
+                key("name"),
+                "must be 1-40 characters of a-z, 0-9 and -",
+            ));
+        }
+        if !provider_names.insert(provider.name.as_str()) {
+            return Err(ConfigError::new(key("name"), "is used by another provider"));
+        }
+        if !is_http_url(&provider.issuer) {
+            return Err(ConfigError::new(
+                key("issuer"),
+                "must be the provider's http(s) issuer URL",
+            ));
+        }
+        if provider.client_id.is_empty() {
+            return Err(ConfigError::new(key("client_id"), "must not be empty"));
+        }
     }
     if !config.edge.geoip_db.is_empty() {
         return Err(ConfigError::not_yet_supported(

@@ -253,3 +253,42 @@ fn oauth_clients_are_checked_by_key() {
         assert_eq!(err.key, key, "{fields}");
     }
 }
+
+#[test]
+fn providers_are_checked_by_key() {
+    let provider = |fields: &str| format!("[[auth.providers]]\n{fields}\n");
+    let ok = load_with(
+        Some(&provider(
+            "name = \"corp\"\nissuer = \"https://idp.example.com\"\nclient_id = \"shop\"",
+        )),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.auth.providers[0].name, "corp");
+    for (fields, key) in [
+        (
+            "name = \"Corp IdP\"\nissuer = \"https://idp\"\nclient_id = \"x\"",
+            "auth.providers[0].name",
+        ),
+        (
+            "name = \"corp\"\nissuer = \"idp.example.com\"\nclient_id = \"x\"",
+            "auth.providers[0].issuer",
+        ),
+        (
+            "name = \"corp\"\nissuer = \"https://idp\"",
+            "auth.providers[0].client_id",
+        ),
+    ] {
+        let err = load_with(Some(&provider(fields)), &[]).unwrap_err();
+        assert_eq!(err.key, key, "{fields}");
+    }
+    let twice = format!(
+        "{}{}",
+        provider("name = \"corp\"\nissuer = \"https://a\"\nclient_id = \"x\""),
+        provider("name = \"corp\"\nissuer = \"https://b\"\nclient_id = \"y\"")
+    );
+    assert_eq!(
+        load_with(Some(&twice), &[]).unwrap_err().key,
+        "auth.providers[1].name"
+    );
+}

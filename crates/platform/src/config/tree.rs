@@ -784,8 +784,10 @@ pub struct ProviderConfig {
     pub issuer: String,
     /// Our client id at the provider.
     pub client_id: String,
-    /// Our client secret at the provider.
+    /// Our client secret at the provider (empty: we are a public client, PKCE only).
     pub client_secret: Secret,
+    /// Scopes asked for (default `openid email profile`).
+    pub scopes: Vec<String>,
 }
 
 /// `[crypto]`.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod oauth;
 pub mod payment;
+pub mod providers;
 pub mod rewrap;
 pub mod service;
 pub mod store;
@@ -51,6 +52,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "users: OAuth clients and codes, revoked tokens, verified e-mail",
         sqlite: include_str!("../migrations/sqlite/2026112604_oauth.sql"),
         postgres: include_str!("../migrations/postgres/2026112604_oauth.sql"),
+    },
+    Migration {
+        version: 2026112605,
+        name: "users: sign-in through external providers",
+        sqlite: include_str!("../migrations/sqlite/2026112605_providers.sql"),
+        postgres: include_str!("../migrations/postgres/2026112605_providers.sql"),
     },
 ];
 
@@ -122,6 +129,13 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(oauth::http::openid_configuration))
         .routes(routes!(oauth::http::register_client))
         .with_state(oauth::OAuthServer::new(service.clone()));
+    let provider_routes = OpenApiRouter::new()
+        .routes(routes!(providers::start))
+        .routes(routes!(providers::callback))
+        .with_state(providers::Providers::new(
+            &service.settings().providers,
+            oauth::OAuthServer::new(service.clone()),
+        ));
     let (router, api) = OpenApiRouter::with_openapi(UsersApi::openapi())
         .routes(routes!(http::register))
         .routes(routes!(http::login))
@@ -134,6 +148,7 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(http::jwks))
         .with_state(service)
         .merge(oauth_routes)
+        .merge(provider_routes)
         .split_for_parts();
     let router = router
         .route_layer(axum::middleware::from_fn(

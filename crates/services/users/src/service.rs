@@ -40,6 +40,8 @@ pub struct TokenSettings {
     pub leeway: Duration,
     /// OAuth clients from the configuration (`[[auth.clients]]`).
     pub clients: Vec<logicore_platform::config::OAuthClientConfig>,
+    /// External OpenID Connect providers (`[[auth.providers]]`).
+    pub providers: Vec<logicore_platform::config::ProviderConfig>,
 }
 
 /// A sign-in's tokens.
@@ -551,13 +553,18 @@ impl UsersService {
     /// and a wrong password.
     pub async fn login(&self, email: &str, password_text: String) -> Result<Tokens, UsersError> {
         let user = self.authenticate(email, password_text).await?;
+        self.sign_in(&user).await
+    }
+
+    /// Starts a session for `user` (already authenticated): access and refresh tokens.
+    pub async fn sign_in(&self, user: &UserRow) -> Result<Tokens, UsersError> {
         let family = Uuid::now_v7();
         let mut tx = self.store.begin().await?;
         let refresh = self
             .new_refresh(&mut tx, user.id, family, Grant::default())
             .await?;
         tx.commit().await?;
-        Ok(self.tokens(&user, family, Grant::default(), refresh)?.0)
+        Ok(self.tokens(user, family, Grant::default(), refresh)?.0)
     }
 
     /// Checks an e-mail and password (per-account lockout included); the same error (and

@@ -18,6 +18,7 @@ fn settings() -> TokenSettings {
         key_file: None,
         leeway: Duration::from_secs(30),
         clients: Vec::new(),
+        providers: Vec::new(),
     }
 }
 

@@ -102,7 +102,12 @@ pub async fn authorize_page(
     match server.check_authorize(&parse_form(&query)).await {
         Ok(AuthorizeCheck::Valid(authorization)) => html(
             StatusCode::OK,
-            page::sign_in(&authorization.client.client_name, &query, None),
+            page::sign_in(
+                &authorization.client.client_name,
+                &query,
+                None,
+                &server.provider_names(),
+            ),
         ),
         Ok(AuthorizeCheck::Redirect(location)) => redirect(&location),
         Ok(AuthorizeCheck::Refuse(message)) => {
@@ -147,7 +152,12 @@ pub async fn authorize_submit(
     let again = |status: StatusCode, message: &str| {
         html(
             status,
-            page::sign_in(&authorization.client.client_name, &query, Some(message)),
+            page::sign_in(
+                &authorization.client.client_name,
+                &query,
+                Some(message),
+                &server.provider_names(),
+            ),
         )
     };
     let form = match form_body(&headers, &body) {

@@ -258,14 +258,19 @@ pub fn parse_form(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(params)
 }
 
-/// `uri` with `params` appended to its query.
-pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
+/// `params` as `application/x-www-form-urlencoded` text.
+pub fn form_encode(params: &[(&str, &str)]) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     for (name, value) in params {
         query.append_pair(name, value);
     }
+    query.finish()
+}
+
+/// `uri` with `params` appended to its query.
+pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     let separator = if uri.contains('?') { '&' } else { '?' };
-    format!("{uri}{separator}{}", query.finish())
+    format!("{uri}{separator}{}", form_encode(params))
 }
 
 /// Returns the reason a redirect URI cannot be registered: absolute, no fragment, `https`
@@ -340,6 +345,21 @@ impl OAuthServer {
     /// The users service behind it.
     pub fn users(&self) -> &UsersService {
         &self.users
+    }
+
+    /// The storage.
+    pub(crate) fn store(&self) -> &OAuthStore {
+        &self.store
+    }
+
+    /// Names of the external sign-in providers (offered on the sign-in page).
+    pub fn provider_names(&self) -> Vec<&str> {
+        self.users
+            .settings()
+            .providers
+            .iter()
+            .map(|provider| provider.name.as_str())
+            .collect()
     }
 
     /// The issuer (`iss` of tokens, base of the endpoints).
@@ -508,6 +528,16 @@ impl OAuthServer {
         password: String,
     ) -> Result<String, UsersError> {
         let user = self.users.authenticate(email, password).await?;
+        self.issue_code(authorization, &user).await
+    }
+
+    /// Issues a code to the client of `authorization` for `user` (signed in) and returns the
+    /// redirect to the client.
+    pub async fn issue_code(
+        &self,
+        authorization: &Authorization,
+        user: &UserRow,
+    ) -> Result<String, UsersError> {
         let code = random_token();
         let issued = now();
         let row = CodeRow {

@@ -31,10 +31,21 @@ fn document(title: &str, body: &str) -> String {
 }
 
 /// The sign-in form; it posts back to `/oauth/authorize` with the same query.
-pub fn sign_in(client_name: &str, query: &str, error: Option<&str>) -> String {
+pub fn sign_in(client_name: &str, query: &str, error: Option<&str>, providers: &[&str]) -> String {
     let error = error
         .map(|error| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(error)))
         .unwrap_or_default();
+    // Each provider continues this authorization request after signing in there.
+    let providers: String = providers
+        .iter()
+        .map(|name| {
+            format!(
+                "<p><a href=\"/api/v1/auth/providers/{name}?{query}\">Sign in with {name}</a></p>",
+                name = escape(name),
+                query = escape(query),
+            )
+        })
+        .collect();
     document(
         "Sign in",
         &format!(
@@ -45,7 +56,7 @@ pub fn sign_in(client_name: &str, query: &str, error: Option<&str>) -> String {
              <label for=\"password\">Password</label>\
              <input id=\"password\" name=\"password\" type=\"password\" \
              autocomplete=\"current-password\" required>\
-             <button type=\"submit\">Sign in</button></form>",
+             <button type=\"submit\">Sign in</button></form>{providers}",
             client = escape(client_name),
             query = escape(query),
         ),
@@ -69,7 +80,8 @@ mod tests {
 
     #[test]
     fn markup_in_names_and_queries_is_escaped() {
-        let page = sign_in("<script>x</script>", "a=\"><b>", Some("<i>"));
+        let page = sign_in("<script>x</script>", "a=\"><b>", Some("<i>"), &["corp"]);
+        assert!(page.contains("href=\"/api/v1/auth/providers/corp?a=&quot;&gt;&lt;b&gt;\""));
         assert!(!page.contains("<script>x"));
         assert!(page.contains("&lt;script&gt;"));
         assert!(page.contains("a=&quot;&gt;&lt;b&gt;"));

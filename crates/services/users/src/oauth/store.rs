@@ -135,6 +135,17 @@ impl OAuthStore {
         Ok(self.db.begin().await?)
     }
 
+    /// Runs one write in its own transaction.
+    async fn write(
+        &self,
+        statement: &impl logicore_platform::db::SqlxBinder,
+    ) -> Result<(), UsersError> {
+        let mut tx = self.db.begin().await?;
+        tx.execute(statement).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Registers a client.
     pub async fn insert_client(&self, client: &ClientRow) -> Result<(), UsersError> {
         let insert = Query::insert()
@@ -149,10 +160,7 @@ impl OAuthStore {
                 client.created_at.into(),
             ])
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        tx.execute(&insert).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(&insert).await
     }
 
     /// A registered client.
@@ -193,10 +201,7 @@ impl OAuthStore {
                 now.into(),
             ])
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        tx.execute(&insert).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(&insert).await
     }
 
     /// The code with `hash`, inside `tx`.
@@ -287,9 +292,159 @@ impl OAuthStore {
             .value(Users::EmailVerified, true)
             .and_where(Expr::col(Users::Id).eq(user))
             .to_owned();
+        self.write(&update).await
+    }
+}
+
+#[derive(Iden, Clone, Copy)]
+enum ProviderLogins {
+    Table,
+    StateHash,
+    Provider,
+    BrowserHash,
+    CodeVerifier,
+    Nonce,
+    AuthorizeQuery,
+    ExpiresAt,
+    CreatedAt,
+}
+
+#[derive(Iden, Clone, Copy)]
+enum UserIdentities {
+    Table,
+    Provider,
+    Subject,
+    UserId,
+    CreatedAt,
+}
+
+/// A sign-in at an external provider under way (stored by the hash of its `state`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProviderLoginRow {
+    /// The provider's name.
+    pub provider: String,
+    /// Hash of the browser cookie that started it (login CSRF defence).
+    pub browser_hash: String,
+    /// The PKCE verifier we sent the challenge of.
+    pub code_verifier: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+    /// The authorization request (query) it continues, when it started on our sign-in page.
+    pub authorize_query: Option<String>,
+    /// End of validity.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl OAuthStore {
+    /// Remembers a provider sign-in under way.
+    pub async fn insert_provider_login(
+        &self,
+        state_hash: &str,
+        login: &ProviderLoginRow,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let insert = Query::insert()
+            .into_table(ProviderLogins::Table)
+            .columns([
+                ProviderLogins::StateHash,
+                ProviderLogins::Provider,
+                ProviderLogins::BrowserHash,
+                ProviderLogins::CodeVerifier,
+                ProviderLogins::Nonce,
+                ProviderLogins::AuthorizeQuery,
+                ProviderLogins::ExpiresAt,
+                ProviderLogins::CreatedAt,
+            ])
+            .values_panic([
+                state_hash.into(),
+                login.provider.clone().into(),
+                login.browser_hash.clone().into(),
+                login.code_verifier.clone().into(),
+                login.nonce.clone().into(),
+                login.authorize_query.clone().into(),
+                login.expires_at.into(),
+                now.into(),
+            ])
+            .to_owned();
         let mut tx = self.db.begin().await?;
-        tx.execute(&update).await?;
+        tx.execute(&insert).await?;
+        // Abandoned sign-ins do not pile up.
+        let expired = Query::delete()
+            .from_table(ProviderLogins::Table)
+            .and_where(Expr::col(ProviderLogins::ExpiresAt).lt(now))
+            .to_owned();
+        tx.execute(&expired).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Takes (reads and deletes) the provider sign-in of `state_hash`: each is used once.
+    pub async fn take_provider_login(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<ProviderLoginRow>, UsersError> {
+        let select = Query::select()
+            .columns([
+                ProviderLogins::Provider,
+                ProviderLogins::BrowserHash,
+                ProviderLogins::CodeVerifier,
+                ProviderLogins::Nonce,
+                ProviderLogins::AuthorizeQuery,
+                ProviderLogins::ExpiresAt,
+            ])
+            .from(ProviderLogins::Table)
+            .and_where(Expr::col(ProviderLogins::StateHash).eq(state_hash))
+            .to_owned();
+        let delete = Query::delete()
+            .from_table(ProviderLogins::Table)
+            .and_where(Expr::col(ProviderLogins::StateHash).eq(state_hash))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let row: Option<ProviderLoginRow> = tx.fetch_optional(&select).await?;
+        let deleted = tx.execute(&delete).await?;
+        tx.commit().await?;
+        Ok(row.filter(|_| deleted == 1))
+    }
+
+    /// The account linked to `subject` at `provider`.
+    pub async fn linked_user(
+        &self,
+        provider: &str,
+        subject: &str,
+    ) -> Result<Option<Uuid>, UsersError> {
+        let select = Query::select()
+            .column(UserIdentities::UserId)
+            .from(UserIdentities::Table)
+            .and_where(Expr::col(UserIdentities::Provider).eq(provider))
+            .and_where(Expr::col(UserIdentities::Subject).eq(subject))
+            .to_owned();
+        let row: Option<(Uuid,)> = self.db.fetch_optional(&select).await?;
+        Ok(row.map(|(id,)| id))
+    }
+
+    /// Links `subject` at `provider` to an account.
+    pub async fn link_user(
+        &self,
+        provider: &str,
+        subject: &str,
+        user: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let insert = Query::insert()
+            .into_table(UserIdentities::Table)
+            .columns([
+                UserIdentities::Provider,
+                UserIdentities::Subject,
+                UserIdentities::UserId,
+                UserIdentities::CreatedAt,
+            ])
+            .values_panic([provider.into(), subject.into(), user.into(), now.into()])
+            .on_conflict(
+                OnConflict::columns([UserIdentities::Provider, UserIdentities::Subject])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .to_owned();
+        self.write(&insert).await
     }
 }
