@@ -320,9 +320,24 @@ impl Process {
             }
             Roles::Catalog => {
                 let db = open_migrated_database(config).await?;
-                // Alone, the catalog has no caller to check yet (the gateway's route policy is
-                // the guard; service-side token verification comes with split roles).
-                let (catalog, _) = catalog_router(config, &db, false)?;
+                // Alone, the catalog verifies forwarded bearer tokens itself against the
+                // users service's JWKS (SPEC §4 "Trust") and guards its writes by role.
+                let (catalog, _) = catalog_router(config, &db, true)?;
+                let authenticator = Authenticator::new(
+                    &issuers(config, None),
+                    config.auth.leeway,
+                    JwksOptions::default(),
+                );
+                if !authenticator.has_issuers() {
+                    tracing::warn!(
+                        "no token issuer has keys (list the users service in discovery.static.users \
+                         or configure gateway.auth.issuers): every catalog write will be refused"
+                    );
+                }
+                let catalog = catalog.layer(axum::middleware::from_fn_with_state(
+                    authenticator,
+                    logicore_platform::auth::verify_bearer,
+                ));
                 let catalog = standalone(config, "catalog", catalog);
                 let served = vec![
                     bind(

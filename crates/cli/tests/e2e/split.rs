@@ -1,29 +1,88 @@
-//! Split roles: `logicore gateway` in front of `logicore service catalog`, over HTTP.
+//! Split roles: `logicore gateway` in front of `logicore service catalog` and `logicore service
+//! users`, over HTTP; services verify forwarded tokens themselves.
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{Database, Setup, product};
+use crate::support::{Database, Platform, Setup, product};
+
+/// A users service on its own, with an admin account made by `logicore users create`.
+fn users_role() -> (Setup, Platform) {
+    let generated = Setup::new(Database::Sqlite)
+        .command(&["keys", "generate"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(generated.stdout).unwrap();
+    let setup = Setup::new(Database::Sqlite).env("LOGICORE_ENCRYPTION_KEYS", keys.trim());
+    let mut create = setup.command(&[
+        "users",
+        "create",
+        "--email",
+        "split-admin@example.com",
+        "--role",
+        "admin",
+        "--password-stdin",
+    ]);
+    let mut child = create
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"split admin password\n").unwrap();
+    }
+    assert!(child.wait().unwrap().success());
+    let users = setup.start_roles(&["service", "users"], &["users"]);
+    (setup, users)
+}
+
+async fn token_of(platform: &Platform, email: &str, password: &str) -> String {
+    let (status, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
 
 #[tokio::test]
 async fn the_gateway_role_routes_to_a_catalog_service_elsewhere() {
+    let (_users_setup, users) = users_role();
+    let users_instances = format!("[\"http://{}\"]", users.addr("users"));
     for database in Database::all().await {
         let label = database.label();
-        let catalog_setup = Setup::new(database);
+        let catalog_setup =
+            Setup::new(database).env("LOGICORE_DISCOVERY__STATIC__USERS", &users_instances);
         let catalog = catalog_setup.start_roles(&["service", "catalog"], &["catalog"]);
         let instances = format!("[\"http://{}\"]", catalog.addr("catalog"));
-        let gateway_setup =
-            Setup::new(Database::Sqlite).env("LOGICORE_DISCOVERY__STATIC__CATALOG", &instances);
+        let gateway_setup = Setup::new(Database::Sqlite)
+            .env("LOGICORE_DISCOVERY__STATIC__CATALOG", &instances)
+            .env("LOGICORE_DISCOVERY__STATIC__USERS", &users_instances);
         let gateway = gateway_setup.start_roles(&["gateway"], &["gateway", "admin"]);
+        let admin = token_of(&gateway, "split-admin@example.com", "split admin password").await;
+        let post = |path: &str, body: &serde_json::Value| {
+            gateway
+                .client
+                .post(gateway.url(path))
+                .bearer_auth(&admin)
+                .json(body)
+                .send()
+        };
 
-        let (status, category) = gateway
-            .post_json("/api/v1/product-categories", &json!({"name": "Flatbeds"}))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{label}: {category}");
+        let reply = post("/api/v1/product-categories", &json!({"name": "Flatbeds"}))
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::CREATED, "{label}");
+        let category: serde_json::Value = reply.json().await.unwrap();
         let mut body = product("FLAT-1");
         body["category_id"] = category["id"].clone();
-        let (status, created) = gateway.post_json("/api/v1/products", &body).await;
-        assert_eq!(status, StatusCode::CREATED, "{label}: {created}");
+        let reply = post("/api/v1/products", &body).await.unwrap();
+        assert_eq!(reply.status(), StatusCode::CREATED, "{label}");
+        let created: serde_json::Value = reply.json().await.unwrap();
 
         let (_, listed) = gateway.get_json("/api/v1/products?category=flatbeds").await;
         assert_eq!(listed["items"][0], created, "{label}");
@@ -47,13 +106,61 @@ async fn the_gateway_role_routes_to_a_catalog_service_elsewhere() {
             .unwrap();
         assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED, "{label}");
 
-        let (status, problem) = gateway.post_json("/api/v1/products", &body).await;
+        let reply = post("/api/v1/products", &body).await.unwrap();
         assert_eq!(
-            status,
+            reply.status(),
             StatusCode::CONFLICT,
-            "{label}: problems pass through: {problem}"
+            "{label}: problems pass through"
         );
+        let problem: serde_json::Value = reply.json().await.unwrap();
         assert_eq!(problem["type"], "/problems/conflict");
+
+        // Straight to the catalog, past the gateway: it verifies tokens itself and never
+        // believes identity headers.
+        let direct = format!("http://{}/api/v1/products", catalog.addr("catalog"));
+        let mut other = product("FLAT-2");
+        other["category_id"] = category["id"].clone();
+        let anonymous = catalog
+            .client
+            .post(&direct)
+            .header("x-user-id", "someone")
+            .header("x-user-roles", "admin")
+            .json(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED, "{label}");
+        let forged = catalog
+            .client
+            .post(&direct)
+            .bearer_auth("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4Iiwicm9sZXMiOlsiYWRtaW4iXX0.")
+            .json(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED, "{label}");
+        let customer = json!({"email": "c@example.com", "password": "long enough", "name": "C"});
+        gateway.post_json("/api/v1/auth/register", &customer).await;
+        let customer = token_of(&gateway, "c@example.com", "long enough").await;
+        let refused = catalog
+            .client
+            .post(&direct)
+            .bearer_auth(&customer)
+            .json(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{label}");
+        let allowed = catalog
+            .client
+            .post(&direct)
+            .bearer_auth(&admin)
+            .json(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(allowed.status(), StatusCode::CREATED, "{label}");
+
         // The catalog's own listener answers liveness.
         let health = catalog
             .client
@@ -79,13 +186,7 @@ fn a_gateway_route_to_an_unknown_service_exits_2() {
 /// gateway through the users instance's JWKS, and by the users service itself.
 #[tokio::test]
 async fn the_gateway_role_fronts_a_users_service_elsewhere() {
-    let generated = Setup::new(Database::Sqlite)
-        .command(&["keys", "generate"])
-        .output()
-        .unwrap();
-    let keys = String::from_utf8(generated.stdout).unwrap();
-    let users_setup = Setup::new(Database::Sqlite).env("LOGICORE_ENCRYPTION_KEYS", keys.trim());
-    let users = users_setup.start_roles(&["service", "users"], &["users"]);
+    let (_users_setup, users) = users_role();
     let instances = format!("[\"http://{}\"]", users.addr("users"));
     let gateway_setup =
         Setup::new(Database::Sqlite).env("LOGICORE_DISCOVERY__STATIC__USERS", &instances);

@@ -1,8 +1,10 @@
 //! Authentication and authorization building blocks shared by services: password hashing,
 //! token-signing keys, and the verified caller with its role permissions.
 
+pub mod authenticator;
 pub mod password;
 pub mod principal;
 pub mod signing;
 
-pub use principal::{Caller, Permission, Principal, guard_writes};
+pub use authenticator::{AuthError, Authenticator, JwksOptions};
+pub use principal::{Caller, Permission, Principal, guard_writes, verify_bearer};

@@ -94,6 +94,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// Middleware for a service running on its own (split roles): a bearer token is verified
+/// here, against the platform's JWKS, and becomes the request's [`Principal`]; identity
+/// headers from the network are never believed. A request without a token goes on
+/// anonymous (handlers decide); a token that does not verify is 401.
+pub async fn verify_bearer(
+    axum::extract::State(authenticator): axum::extract::State<crate::auth::Authenticator>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.extensions().get::<Arc<Principal>>().is_none() {
+        let token = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .map(str::to_owned);
+        if let Some(token) = token {
+            match authenticator.verify(&token).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                }
+                Err(err) => {
+                    return Problem::new(ErrorCode::Unauthorized, err.to_string()).into_response();
+                }
+            }
+        }
+    }
+    next.run(request).await
+}
+
 /// Middleware for a service router: requests other than GET, HEAD and OPTIONS need a caller
 /// (401) whose roles grant `permission` (403).
 pub async fn guard_writes(
