@@ -7,4 +7,4 @@ pub mod principal;
 pub mod signing;
 
 pub use authenticator::{AuthError, Authenticator, JwksOptions};
-pub use principal::{Caller, Permission, Principal, guard_writes, verify_bearer};
+pub use principal::{Caller, Permission, Principal, bearer_token, guard_writes, verify_bearer};

@@ -94,6 +94,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// Middleware for a service running on its own (split roles): a bearer token is verified
 /// here, against the platform's JWKS, and becomes the request's [`Principal`]; identity
 /// headers from the network are never believed. A request without a token goes on
@@ -105,13 +114,7 @@ pub async fn verify_bearer(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     if request.extensions().get::<Arc<Principal>>().is_none() {
-        let token = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .map(str::to_owned);
+        let token = bearer_token(request.headers()).map(str::to_owned);
         if let Some(token) = token {
             match authenticator.verify(&token).await {
                 Ok(principal) => {

@@ -171,12 +171,7 @@ async fn own_tokens(
 
     use logicore_platform::auth::Principal;
     if request.extensions().get::<Arc<Principal>>().is_none() {
-        let token = request
-            .headers()
-            .get(::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
+        let token = logicore_platform::auth::bearer_token(request.headers());
         if let Some(principal) = token.and_then(|token| service.verify(token)) {
             request.extensions_mut().insert(Arc::new(principal));
         }

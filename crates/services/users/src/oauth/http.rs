@@ -299,12 +299,7 @@ fn bearer_challenge(status: StatusCode, error: &str) -> Response {
         (status = 403, description = "The token lacks scope openid"),
     ))]
 pub async fn userinfo(State(server): State<OAuthServer>, headers: HeaderMap) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
+    let Some(token) = logicore_platform::auth::bearer_token(&headers) else {
         return bearer_challenge(StatusCode::UNAUTHORIZED, "invalid_request");
     };
     let claims = match server.live_access(token).await {
