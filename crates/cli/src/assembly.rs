@@ -159,6 +159,11 @@ fn issuers(
                 && issuer.hs256_secret.is_empty()
             {
                 issuer.jwks_url = url.to_owned();
+                // Only access tokens: an ID token (audience = its client) signed by the same
+                // JWKS is not a key to the API.
+                if issuer.audience.is_empty() {
+                    issuer.audience = logicore_users::service::AUDIENCE.to_owned();
+                }
             }
         }
     }
@@ -486,7 +491,8 @@ async fn users_service(
         format!("http://127.0.0.1:{gateway_port}")
     };
     let settings = TokenSettings {
-        issuer,
+        // One spelling everywhere (tokens, metadata, ID tokens): clients compare it exactly.
+        issuer: issuer.trim_end_matches('/').to_owned(),
         access_ttl: config.auth.access_token_ttl,
         refresh_ttl: config.auth.refresh_token_ttl,
         key_file: (!config.auth.signing_key_file.is_empty())

@@ -126,7 +126,11 @@ async fn sign_in(
 async fn code_for(platform: &Platform, client: &str, redirect: &str, pkce: &Pkce) -> String {
     let query = authorize_query(client, redirect, pkce, &[]);
     let (status, location) = sign_in(platform, &query, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "a form POST is followed by a GET"
+    );
     let location = location.unwrap();
     assert!(location.starts_with(redirect), "{location}");
     let params = query_of(&location);
@@ -299,7 +303,7 @@ async fn code_flow_with_pkce_issues_tokens_an_id_token_and_userinfo() {
         assert_eq!((status, location), (StatusCode::UNAUTHORIZED, None));
 
         let (status, location) = sign_in(&platform, &query, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-        assert_eq!(status, StatusCode::FOUND);
+        assert_eq!(status, StatusCode::SEE_OTHER);
         let params = query_of(location.as_deref().unwrap());
         assert_eq!(params["state"], "state-1234567");
         assert_eq!(params["iss"], issuer, "RFC 9207 iss");
@@ -346,7 +350,7 @@ async fn code_flow_with_pkce_issues_tokens_an_id_token_and_userinfo() {
         assert_eq!(active["scope"], "openid email profile");
         let active = introspect(&platform, &client, refresh_token).await;
         assert_eq!(active["active"], true);
-        assert_eq!(active["token_type"], "refresh_token");
+        assert_eq!(active["client_id"], client.id.as_str());
         assert_eq!(
             introspect(&platform, &client, "not-a-token").await,
             json!({"active": false})
@@ -472,7 +476,7 @@ async fn authorization_requests_that_cannot_be_trusted_are_refused() {
             vec![("response_type", "token")],
             "unsupported_response_type",
         ),
-        (vec![("scope", "openid admin")], "invalid_scope"),
+        (vec![("prompt", "none")], "login_required"),
     ] {
         let reply = get(authorize_query(client, REDIRECT, &pkce, &extra)).await;
         assert_eq!(reply.status(), StatusCode::FOUND, "{extra:?}");
@@ -508,7 +512,7 @@ async fn authorization_requests_that_cannot_be_trusted_are_refused() {
         &[("code_challenge_method", "plain")],
     );
     let (status, location) = sign_in(&platform, &query, ADMIN_EMAIL, ADMIN_PASSWORD).await;
-    assert_eq!(status, StatusCode::FOUND);
+    assert_eq!(status, StatusCode::SEE_OTHER);
     assert!(!query_of(&location.unwrap()).contains_key("code"));
 }
 
@@ -631,4 +635,114 @@ async fn stolen_or_replayed_codes_buy_nothing() {
         .await;
     let answer = refresh(&platform, &public, login["refresh_token"].as_str().unwrap()).await;
     assert_error(answer, StatusCode::BAD_REQUEST, "invalid_grant");
+}
+
+/// Tokens a client receives open only what they should: a partner's carry no admin role, an ID
+/// token is no access token, a refresh cannot widen the scope (and a refused one spends
+/// nothing), userinfo tells only what the scope grants.
+#[tokio::test]
+async fn client_tokens_are_limited_to_their_client_and_scope() {
+    let setup = Setup::new(Database::Sqlite).config(&format!(
+        "[[auth.clients]]\nclient_id = \"console\"\nredirect_uris = [\"{REDIRECT}\"]\n\
+         token_endpoint_auth_method = \"none\"\nfirst_party = true\n"
+    ));
+    let platform = setup.start();
+    let partner = register_client(&platform, "client_secret_basic").await;
+    let console = Registered {
+        id: "console".into(),
+        secret: None,
+    };
+    let admin_users = |token: String| {
+        let request = platform
+            .client
+            .get(platform.url("/api/v1/admin/users"))
+            .header("authorization", format!("bearer {token}"));
+        async move { request.send().await.unwrap().status() }
+    };
+
+    let pkce = pkce();
+    let scope = [("scope", "openid email offline_access unknown-scope")];
+    let query = authorize_query(&partner.id, REDIRECT, &pkce, &scope);
+    let (_, location) = sign_in(&platform, &query, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let code = query_of(&location.unwrap())["code"].clone();
+    let (status, tokens) = redeem(&platform, &partner, &code, REDIRECT, &pkce.verifier).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert_eq!(
+        tokens["scope"], "openid email offline_access",
+        "unknown scopes are ignored"
+    );
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        introspect(&platform, &partner, &access).await["roles"],
+        json!([])
+    );
+    assert_eq!(
+        admin_users(access.clone()).await,
+        StatusCode::FORBIDDEN,
+        "a partner never holds the admin role"
+    );
+    let id_token = tokens["id_token"].as_str().unwrap().to_owned();
+    let (status, _) = crate::users::me(&platform, &id_token).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "an ID token is not an access token"
+    );
+
+    // Userinfo by POST; the scope decides the claims.
+    let info: Value = platform
+        .client
+        .post(platform.url("/oauth/userinfo"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["email"], ADMIN_EMAIL);
+    assert!(info.get("name").is_none(), "no profile scope: {info}");
+
+    // A wider scope is refused without spending the refresh token; a narrower one is granted.
+    let refresh_token = tokens["refresh_token"].as_str().unwrap();
+    let (status, widened, _) = client_post(
+        &platform,
+        "/oauth/token",
+        &partner,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("scope", "openid profile"),
+        ],
+    )
+    .await;
+    assert_error((status, widened), StatusCode::BAD_REQUEST, "invalid_scope");
+    let (status, narrowed, _) = client_post(
+        &platform,
+        "/oauth/token",
+        &partner,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("scope", "openid"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{narrowed}");
+    assert_eq!(narrowed["scope"], "openid");
+    let (_, info) = userinfo(&platform, narrowed["access_token"].as_str().unwrap()).await;
+    assert!(info.get("email").is_none(), "{info}");
+
+    // The platform's own (first-party) client acts with the account's roles.
+    let code = code_for(&platform, &console.id, REDIRECT, &pkce).await;
+    let (status, tokens) = redeem(&platform, &console, &code, REDIRECT, &pkce.verifier).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(admin_users(access).await, StatusCode::OK);
+
+    // A native app's loopback redirect matches on any port (RFC 8252 §7.3).
+    let ephemeral = "http://127.0.0.1:53124/callback";
+    let code = code_for(&platform, &console.id, ephemeral, &pkce).await;
+    let (status, _) = redeem(&platform, &console, &code, ephemeral, &pkce.verifier).await;
+    assert_eq!(status, StatusCode::OK);
 }

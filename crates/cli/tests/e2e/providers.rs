@@ -47,7 +47,7 @@ async fn through_provider(rp: &Platform, query: &str, who: (&str, &str)) -> (Str
         .send()
         .await
         .unwrap();
-    assert_eq!(signed_in.status(), StatusCode::FOUND);
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER);
     let callback = signed_in.headers()[LOCATION].to_str().unwrap().to_owned();
     assert!(
         callback.starts_with(&rp.url("/api/v1/auth/providers/corp/callback")),

@@ -99,8 +99,13 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim)
+        .filter(|token| !token.is_empty())
 }
 
 /// Middleware for a service running on its own (split roles): a bearer token is verified

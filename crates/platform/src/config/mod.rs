@@ -505,16 +505,36 @@ fn validate_misc(config: &Config) -> Result<(), ConfigError> {
             "OTLP export",
         ));
     }
+    if !config.auth.issuer.is_empty() && !is_http_url(&config.auth.issuer) {
+        return Err(ConfigError::new(
+            "auth.issuer",
+            "must be an absolute http(s) URL (the gateway's public address)",
+        ));
+    }
     for (index, client) in config.auth.clients.iter().enumerate() {
         let key = |field: &str| format!("auth.clients[{index}].{field}");
         if client.client_id.trim().is_empty() {
             return Err(ConfigError::new(key("client_id"), "must not be empty"));
+        }
+        if client.client_id == "logicore" {
+            return Err(ConfigError::new(
+                key("client_id"),
+                "`logicore` is the audience of access tokens; choose another id",
+            ));
         }
         if client.redirect_uris.is_empty() {
             return Err(ConfigError::new(
                 key("redirect_uris"),
                 "needs at least one URI",
             ));
+        }
+        for (position, uri) in client.redirect_uris.iter().enumerate() {
+            if let Some(problem) = crate::auth::redirect_uri_problem(uri) {
+                return Err(ConfigError::new(
+                    key(&format!("redirect_uris[{position}]")),
+                    problem,
+                ));
+            }
         }
         let public = match client.token_endpoint_auth_method.as_str() {
             "" | "client_secret_basic" | "client_secret_post" => false,

@@ -772,6 +772,9 @@ pub struct OAuthClientConfig {
     pub redirect_uris: Vec<String>,
     /// `client_secret_basic` (default), `client_secret_post` or `none` (public client).
     pub token_endpoint_auth_method: String,
+    /// A client of the platform's own (its tokens carry the account's roles, admin included);
+    /// other clients' tokens carry at most `customer`.
+    pub first_party: bool,
 }
 
 /// One `[[auth.providers]]` entry.

@@ -78,8 +78,18 @@ pub fn built_in_routes() -> Vec<RouteConfig> {
         route("/.well-known/jwks.json", RouteAuth::None),
         route("/.well-known/oauth-authorization-server", RouteAuth::None),
         route("/.well-known/openid-configuration", RouteAuth::None),
-        // The token, revocation and introspection endpoints authenticate clients themselves.
-        route("/oauth", RouteAuth::None),
+        // The token, revocation and introspection endpoints authenticate clients themselves;
+        // a per-IP limit keeps configured (human-chosen) client secrets from being guessed.
+        RouteConfig {
+            rate_limit: RouteRateLimitConfig {
+                per_ip: Some(Rate {
+                    count: 600,
+                    period: std::time::Duration::from_secs(60),
+                }),
+                per_user: None,
+            },
+            ..route("/oauth", RouteAuth::None)
+        },
         sign_in_limited(route("/oauth/authorize", RouteAuth::None)),
         admins_only(route("/api/v1/admin/oauth-clients", RouteAuth::Required)),
     ]
@@ -124,7 +134,7 @@ pub fn router(service: UsersService) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(oauth::http::token))
         .routes(routes!(oauth::http::revoke))
         .routes(routes!(oauth::http::introspect))
-        .routes(routes!(oauth::http::userinfo))
+        .routes(routes!(oauth::http::userinfo, oauth::http::userinfo_post))
         .routes(routes!(oauth::http::metadata))
         .routes(routes!(oauth::http::openid_configuration))
         .routes(routes!(oauth::http::register_client))

@@ -274,6 +274,8 @@ pub struct UsersService {
     keys: Arc<RwLock<Vec<Arc<SigningKey>>>>,
     /// Recent failed sign-ins by (lower-cased) e-mail, in this process.
     failures: moka::sync::Cache<String, u32>,
+    /// `auth.signing_key_file`'s key: it signs access tokens.
+    file_key: Option<Arc<SigningKey>>,
 }
 
 pub(crate) fn now() -> DateTime<Utc> {
@@ -333,38 +335,43 @@ impl UsersService {
         settings: TokenSettings,
     ) -> Result<Self, UsersError> {
         let store = UsersStore::new(db);
-        if let Some(path) = &settings.key_file {
-            let pem = std::fs::read_to_string(path).map_err(|err| {
-                UsersError::Keys(format!(
-                    "config key `auth.signing_key_file`: cannot read {}: {err}",
-                    path.display()
-                ))
-            })?;
-            let key = SigningKey::from_pem(&pem).map_err(|err| {
-                UsersError::Keys(format!("config key `auth.signing_key_file`: {err}"))
-            })?;
-            tracing::info!(
-                kid = key.kid(),
-                "signing tokens with the key of auth.signing_key_file"
-            );
-            return Ok(UsersService {
-                store,
-                ring,
-                settings: Arc::new(settings),
-                keys: Arc::new(RwLock::new(vec![Arc::new(key)])),
-                failures: failure_counts(),
-            });
-        }
+        let file_key = match &settings.key_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|err| {
+                    UsersError::Keys(format!(
+                        "config key `auth.signing_key_file`: cannot read {}: {err}",
+                        path.display()
+                    ))
+                })?;
+                let key = SigningKey::from_pem(&pem).map_err(|err| {
+                    UsersError::Keys(format!("config key `auth.signing_key_file`: {err}"))
+                })?;
+                tracing::info!(
+                    kid = key.kid(),
+                    alg = key.algorithm().name(),
+                    "signing access tokens with the key of auth.signing_key_file"
+                );
+                Some(Arc::new(key))
+            }
+        };
         let service = UsersService {
             store,
             ring,
             settings: Arc::new(settings),
             keys: Arc::new(RwLock::new(Vec::new())),
             failures: failure_counts(),
+            file_key,
         };
         service.reload_keys().await?;
-        // The first start makes one key of each algorithm.
-        for algorithm in [KeyAlgorithm::Rs256, KeyAlgorithm::EdDsa] {
+        // The first start makes one key of each algorithm: Ed25519 for access tokens, RSA for
+        // ID tokens (a configured key file replaces the first, and the second when it is RSA).
+        let wanted: &[KeyAlgorithm] = match service.file_key.as_ref().map(|key| key.algorithm()) {
+            None => &[KeyAlgorithm::Rs256, KeyAlgorithm::EdDsa],
+            Some(KeyAlgorithm::EdDsa) => &[KeyAlgorithm::Rs256],
+            Some(KeyAlgorithm::Rs256) => &[],
+        };
+        for &algorithm in wanted {
             if service.active_key(algorithm).is_ok() {
                 continue;
             }
@@ -426,6 +433,14 @@ impl UsersService {
             }
             keys.push(Arc::new(key));
         }
+        if let Some(file_key) = &self.file_key {
+            // Database keys serve only what the file key cannot: RS256 ID tokens.
+            keys.retain(|key| {
+                file_key.algorithm() == KeyAlgorithm::EdDsa
+                    && key.algorithm() == KeyAlgorithm::Rs256
+            });
+            keys.insert(0, Arc::clone(file_key));
+        }
         let changed = {
             let current = self
                 .keys
@@ -464,17 +479,18 @@ impl UsersService {
             .ok_or_else(|| UsersError::Keys(format!("no {} signing key", algorithm.name())))
     }
 
-    /// The key that signs access tokens: the newest Ed25519 key, or the configured key file's.
+    /// The key that signs access tokens: the configured key file's, else the newest Ed25519
+    /// key.
     pub(crate) fn access_key(&self) -> Result<Arc<SigningKey>, UsersError> {
-        self.active_key(KeyAlgorithm::EdDsa)
-            .or_else(|_| self.active_key(KeyAlgorithm::Rs256))
+        match &self.file_key {
+            Some(key) => Ok(Arc::clone(key)),
+            None => self.active_key(KeyAlgorithm::EdDsa),
+        }
     }
 
-    /// The key that signs ID tokens: the newest RSA key (RS256, as OpenID Connect requires),
-    /// or the access-token key when a configured key file is the only key.
+    /// The key that signs ID tokens: the newest RSA key (RS256, as OpenID Connect requires).
     pub(crate) fn id_token_key(&self) -> Result<Arc<SigningKey>, UsersError> {
         self.active_key(KeyAlgorithm::Rs256)
-            .or_else(|_| self.access_key())
     }
 
     /// Verifies an access token this service issued (signature with a published key, `aud`,
@@ -647,13 +663,26 @@ impl UsersService {
             tracing::warn!(user = %row.user_id, "a rotated refresh token was used again; its family is revoked");
             return Err(UsersError::BadRefreshToken);
         }
-        if row.revoked_at.is_some() || row.used_at.is_some() || row.expires_at <= now {
+        if row.revoked_at.is_some()
+            || row.used_at.is_some()
+            || row.expires_at <= now
+            || self.store.family_revoked(row.family_id).await?
+        {
             return Err(UsersError::BadRefreshToken);
         }
-        self.store.mark_used(&mut tx, &hash, now).await?;
+        if !self.store.mark_used(&mut tx, &hash, now).await? {
+            // A concurrent use of the same token won the race: this one is the reuse.
+            self.store
+                .revoke_family(&mut tx, row.family_id, now)
+                .await?;
+            tx.commit().await?;
+            tracing::warn!(user = %row.user_id, "a refresh token was used twice at once; its family is revoked");
+            return Err(UsersError::BadRefreshToken);
+        }
         let grant = Grant {
             client_id: row.client_id.as_deref(),
             scope: row.scope.as_deref(),
+            restricted: false,
         };
         let next = self
             .new_refresh(&mut tx, row.user_id, row.family_id, grant)
@@ -830,7 +859,11 @@ impl UsersService {
             iss: &self.settings.issuer,
             aud: AUDIENCE,
             sub: user.id.to_string(),
-            roles: user.role_list(),
+            roles: user
+                .role_list()
+                .into_iter()
+                .filter(|role| !grant.restricted || role == DEFAULT_ROLE)
+                .collect(),
             iat: issued,
             exp: issued + i64::try_from(ttl).unwrap_or(i64::MAX),
             jti: jti.clone(),

@@ -124,6 +124,9 @@ pub struct Grant<'a> {
     pub client_id: Option<&'a str>,
     /// The scope granted to it.
     pub scope: Option<&'a str>,
+    /// The client is not first-party: its access tokens carry no privileged role (only
+    /// `customer`, when the account has it).
+    pub restricted: bool,
 }
 
 /// Reads and writes accounts, signing keys and refresh tokens.
@@ -369,20 +372,22 @@ impl UsersStore {
         Ok(self.db.fetch_optional(&Self::select_refresh(hash)).await?)
     }
 
-    /// Marks a refresh token used (rotated).
+    /// Marks a live refresh token used (rotated); false when it no longer was live (a
+    /// concurrent rotation or revocation got there first).
     pub async fn mark_used(
         &self,
         tx: &mut Tx,
         hash: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), UsersError> {
+    ) -> Result<bool, UsersError> {
         let update = Query::update()
             .table(RefreshTokens::Table)
             .value(RefreshTokens::UsedAt, now)
             .and_where(Expr::col(RefreshTokens::TokenHash).eq(hash))
+            .and_where(Expr::col(RefreshTokens::UsedAt).is_null())
+            .and_where(Expr::col(RefreshTokens::RevokedAt).is_null())
             .to_owned();
-        tx.execute(&update).await?;
-        Ok(())
+        Ok(tx.execute(&update).await? == 1)
     }
 
     /// Returns true when the session (refresh-token family) was revoked.

@@ -171,8 +171,11 @@ async fn a_configured_pem_key_signs_the_tokens() {
         .await
         .unwrap();
     let jwks = service.jwks();
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
-    assert_eq!(jwks["keys"][0]["kid"], expected.kid());
+    // The file key signs access tokens; a generated RSA key signs ID tokens (RS256).
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{jwks}");
+    assert_eq!(keys[0]["kid"], expected.kid());
+    assert_eq!(keys[1]["alg"], "RS256");
     service
         .register("pem@example.com".into(), "long enough".into(), "P".into())
         .await
@@ -193,4 +196,51 @@ async fn a_configured_pem_key_signs_the_tokens() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("auth.signing_key_file"), "{err}");
+}
+
+/// The same refresh token presented many times at once: one rotation wins, the others count as
+/// reuse and revoke the family, so no second live chain is ever born.
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_leave_no_second_chain() {
+    for test_db in TestDb::all().await {
+        apply_migrations(&test_db.db, MIGRATIONS).await.unwrap();
+        let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
+        let service = UsersService::start(test_db.db.clone(), ring, settings())
+            .await
+            .unwrap();
+        service
+            .register("race@example.com".into(), "long enough".into(), "R".into())
+            .await
+            .unwrap();
+        let tokens = service
+            .login("race@example.com", "long enough".into())
+            .await
+            .unwrap();
+        let attempts: Vec<_> = (0..8)
+            .map(|_| {
+                let service = service.clone();
+                let token = tokens.refresh_token.clone();
+                tokio::spawn(async move { service.refresh(&token).await })
+            })
+            .collect();
+        let mut successors = Vec::new();
+        for attempt in attempts {
+            if let Ok(next) = attempt.await.unwrap() {
+                successors.push(next.refresh_token);
+            }
+        }
+        assert!(
+            successors.len() <= 1,
+            "{}: {} chains",
+            test_db.label(),
+            successors.len()
+        );
+        for successor in successors {
+            assert!(
+                service.refresh(&successor).await.is_err(),
+                "{}: the concurrent reuse revoked the family",
+                test_db.label()
+            );
+        }
+    }
 }

@@ -49,10 +49,18 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 fn redirect(location: &str) -> Response {
+    redirect_with(StatusCode::FOUND, location)
+}
+
+/// The redirect of a form POST: 303, so the browser follows with a GET and never re-posts the
+/// password (RFC 9700 §4.11).
+fn redirect_after_post(location: &str) -> Response {
+    redirect_with(StatusCode::SEE_OTHER, location)
+}
+
+fn redirect_with(status: StatusCode, location: &str) -> Response {
     match HeaderValue::from_str(location) {
-        Ok(location) => {
-            protect((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
-        }
+        Ok(location) => protect((status, [(header::LOCATION, location)]).into_response()),
         Err(_) => html(
             StatusCode::BAD_REQUEST,
             page::refusal("the redirect URI cannot be used"),
@@ -143,7 +151,7 @@ pub async fn authorize_submit(
     let query = query.unwrap_or_default();
     let authorization = match server.check_authorize(&parse_form(&query)).await {
         Ok(AuthorizeCheck::Valid(authorization)) => authorization,
-        Ok(AuthorizeCheck::Redirect(location)) => return redirect(&location),
+        Ok(AuthorizeCheck::Redirect(location)) => return redirect_after_post(&location),
         Ok(AuthorizeCheck::Refuse(message)) => {
             return html(StatusCode::BAD_REQUEST, page::refusal(&message));
         }
@@ -171,7 +179,7 @@ pub async fn authorize_submit(
         .approve(&authorization, email, password.clone())
         .await
     {
-        Ok(location) => redirect(&location),
+        Ok(location) => redirect_after_post(&location),
         Err(UsersError::BadCredentials) => {
             again(StatusCode::UNAUTHORIZED, "Wrong e-mail or password.")
         }
@@ -280,9 +288,13 @@ pub async fn introspect(
     ))
 }
 
-fn bearer_challenge(status: StatusCode, error: &str) -> Response {
-    let challenge = format!("Bearer realm=\"logicore\", error=\"{error}\"");
-    let mut response = (status, Json(json!({"error": error}))).into_response();
+fn bearer_challenge(status: StatusCode, error: Option<&str>) -> Response {
+    let challenge = match error {
+        Some(error) => format!("Bearer realm=\"logicore\", error=\"{error}\""),
+        None => "Bearer realm=\"logicore\"".to_owned(),
+    };
+    let body = error.map_or_else(|| json!({}), |error| json!({"error": error}));
+    let mut response = (status, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response
             .headers_mut()
@@ -291,7 +303,8 @@ fn bearer_challenge(status: StatusCode, error: &str) -> Response {
     protect(response)
 }
 
-/// OpenID Connect userinfo: `sub`, `email`, `email_verified`, `name`.
+/// OpenID Connect userinfo: `sub`, and by scope `email`, `email_verified` (scope `email`) and
+/// `name` (scope `profile`). GET or POST.
 #[utoipa::path(get, path = "/oauth/userinfo", tag = "oauth",
     responses(
         (status = 200, description = "The signed-in account's claims"),
@@ -300,11 +313,11 @@ fn bearer_challenge(status: StatusCode, error: &str) -> Response {
     ))]
 pub async fn userinfo(State(server): State<OAuthServer>, headers: HeaderMap) -> Response {
     let Some(token) = logicore_platform::auth::bearer_token(&headers) else {
-        return bearer_challenge(StatusCode::UNAUTHORIZED, "invalid_request");
+        return bearer_challenge(StatusCode::UNAUTHORIZED, None);
     };
     let claims = match server.live_access(token).await {
         Ok(Some(claims)) => claims,
-        Ok(None) => return bearer_challenge(StatusCode::UNAUTHORIZED, "invalid_token"),
+        Ok(None) => return bearer_challenge(StatusCode::UNAUTHORIZED, Some("invalid_token")),
         Err(err) => return OAuthError::from(err).into_response(),
     };
     let openid = claims
@@ -314,13 +327,23 @@ pub async fn userinfo(State(server): State<OAuthServer>, headers: HeaderMap) -> 
         .split_whitespace()
         .any(|scope| scope == "openid");
     if !openid {
-        return bearer_challenge(StatusCode::FORBIDDEN, "insufficient_scope");
+        return bearer_challenge(StatusCode::FORBIDDEN, Some("insufficient_scope"));
     }
     match server.userinfo(&claims).await {
         Ok(Some(info)) => protect(Json(info).into_response()),
-        Ok(None) => bearer_challenge(StatusCode::UNAUTHORIZED, "invalid_token"),
+        Ok(None) => bearer_challenge(StatusCode::UNAUTHORIZED, Some("invalid_token")),
         Err(err) => OAuthError::from(err).into_response(),
     }
+}
+
+/// OpenID Connect userinfo by POST (OpenID Connect Core §5.3.1).
+#[utoipa::path(post, path = "/oauth/userinfo", tag = "oauth",
+    responses(
+        (status = 200, description = "The signed-in account's claims"),
+        (status = 401, description = "No live access token"),
+    ))]
+pub async fn userinfo_post(server: State<OAuthServer>, headers: HeaderMap) -> Response {
+    userinfo(server, headers).await
 }
 
 /// Authorization server metadata (RFC 8414).

@@ -20,6 +20,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+pub use logicore_platform::auth::redirect_uri_problem;
+
 use crate::error::UsersError;
 use crate::service::{AccessClaims, UsersService, now, random_token, token_hash};
 use crate::store::{Grant, UserRow};
@@ -28,7 +30,7 @@ use store::{ClientRow, CodeRow, OAuthStore};
 /// How long an authorization code can be redeemed.
 pub const CODE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Scopes this server grants.
-pub const SCOPES: [&str; 3] = ["openid", "profile", "email"];
+pub const SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
 /// Shortest `state` accepted: shorter values carry too little entropy to protect the client.
 pub const MIN_STATE_LEN: usize = 8;
 
@@ -77,6 +79,8 @@ pub struct Client {
     pub redirect_uris: Vec<String>,
     /// Token endpoint authentication.
     pub auth_method: AuthMethod,
+    /// One of the platform's own clients: its tokens carry the account's roles.
+    pub first_party: bool,
 }
 
 impl Client {
@@ -88,6 +92,7 @@ impl Client {
             redirect_uris: serde_json::from_str(&row.redirect_uris).unwrap_or_default(),
             auth_method: AuthMethod::parse(&row.token_endpoint_auth_method)
                 .unwrap_or(AuthMethod::ClientSecretBasic),
+            first_party: false,
         }
     }
 
@@ -104,6 +109,7 @@ impl Client {
             redirect_uris: config.redirect_uris.clone(),
             auth_method: AuthMethod::parse(&config.token_endpoint_auth_method)
                 .unwrap_or(AuthMethod::ClientSecretBasic),
+            first_party: config.first_party,
         }
     }
 
@@ -273,42 +279,6 @@ pub fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
     format!("{uri}{separator}{}", form_encode(params))
 }
 
-/// Returns the reason a redirect URI cannot be registered: absolute, no fragment, `https`
-/// (`http` only on a loopback host) or a private-use scheme of a native app (RFC 8252).
-pub fn redirect_uri_problem(uri: &str) -> Option<&'static str> {
-    let Some((scheme, rest)) = uri.split_once(':') else {
-        return Some("must be an absolute URI");
-    };
-    if uri.contains('#') {
-        return Some("must not contain a fragment");
-    }
-    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) || uri.len() > 2000 {
-        return Some("must be an absolute URI");
-    }
-    let scheme = scheme.to_ascii_lowercase();
-    let authority = rest
-        .strip_prefix("//")
-        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""));
-    match (scheme.as_str(), authority) {
-        ("https", Some(authority)) if !authority.is_empty() => None,
-        ("http", Some(authority)) => {
-            let host = authority
-                .rsplit_once(':')
-                .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-                .map_or(authority, |(host, _)| host);
-            matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-                .then_some(())
-                .map_or(
-                    Some("http is allowed only for loopback hosts; use https"),
-                    |()| None,
-                )
-        }
-        ("https" | "http", _) => Some("must be an absolute URI"),
-        (scheme, _) if scheme.contains('.') => None,
-        _ => Some("must use https, http on a loopback host, or a reverse-domain private scheme"),
-    }
-}
-
 fn is_pkce_value(text: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
     lengths.contains(&text.len())
         && text
@@ -454,7 +424,11 @@ impl OAuthServer {
         let Some(redirect_uri) = get("redirect_uri") else {
             return Ok(AuthorizeCheck::Refuse("redirect_uri is missing".to_owned()));
         };
-        if !client.redirect_uris.iter().any(|uri| uri == redirect_uri) {
+        if !client
+            .redirect_uris
+            .iter()
+            .any(|uri| logicore_platform::auth::redirect_uri_matches(uri, redirect_uri))
+        {
             return Ok(AuthorizeCheck::Refuse(
                 "redirect_uri is not registered for this client (exact match required)".into(),
             ));
@@ -502,9 +476,16 @@ impl OAuthServer {
                 "code_challenge must be a base64url SHA-256 (43 characters)",
             );
         }
-        let scope: Vec<&str> = get("scope").unwrap_or("").split_whitespace().collect();
-        if let Some(unknown) = scope.iter().find(|scope| !SCOPES.contains(scope)) {
-            return redirect("invalid_scope", &format!("unknown scope `{unknown}`"));
+        // OpenID Connect Core §3.1.2.1: scope values we do not know are ignored.
+        let mut scope: Vec<&str> = get("scope")
+            .unwrap_or("")
+            .split_whitespace()
+            .filter(|scope| SCOPES.contains(scope))
+            .collect();
+        scope.dedup();
+        // This server keeps no sign-in session: it can never answer without showing its form.
+        if get("prompt").is_some_and(|prompt| prompt.split_whitespace().any(|p| p == "none")) {
+            return redirect("login_required", "the user must sign in");
         }
         let nonce = get("nonce").filter(|nonce| !nonce.is_empty());
         if nonce.is_some_and(|nonce| nonce.len() > 255) {
@@ -604,7 +585,8 @@ impl OAuthServer {
                         .map(|(_, value)| value.into_owned())
                         .unwrap_or_default()
                 };
-                (decode(id), Some(decode(secret)))
+                let secret = decode(secret);
+                (decode(id), (!secret.is_empty()).then_some(secret))
             }
             None => (
                 params.get("client_id").cloned().ok_or_else(|| {
@@ -621,7 +603,7 @@ impl OAuthServer {
         let client = self
             .client(&client_id)
             .await?
-            .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+            .ok_or_else(|| OAuthError::invalid_client("client authentication failed"))?;
         match (&client.secret_hash, secret) {
             (Some(_), Some(secret)) if client.secret_matches(&secret) => Ok(client),
             (None, None) => Ok(client),
@@ -665,6 +647,7 @@ impl OAuthServer {
             .await?
             .filter(|row| row.client_id == client.client_id)
             .ok_or_else(|| OAuthError::invalid_grant("unknown authorization code"))?;
+        let user = self.users.store().get_user(row.user_id).await?;
         if !self.store.spend_code(&mut tx, &hash, issued).await? {
             // A replay: whoever holds the code (and what it bought) is not to be trusted.
             let users = self.users.store();
@@ -699,32 +682,35 @@ impl OAuthServer {
             tx.commit().await?;
             return Err(OAuthError::invalid_grant(failure));
         }
-        let user = self
-            .users
-            .store()
-            .get_user(row.user_id)
-            .await?
-            .ok_or_else(|| OAuthError::invalid_grant("the account no longer exists"))?;
+        let Some(user) = user else {
+            tx.commit().await?;
+            return Err(OAuthError::invalid_grant("the account no longer exists"));
+        };
         let grant = Grant {
             client_id: Some(&client.client_id),
             scope: Some(&row.scope),
+            restricted: !client.first_party,
         };
         let refresh = self
             .users
             .new_refresh(&mut tx, user.id, row.family_id, grant)
             .await?;
         let (tokens, jti) = self.users.tokens(&user, row.family_id, grant, refresh)?;
+        // Everything that can fail happens before the commit: a client never loses a code
+        // to an answer it did not get.
+        let response = self
+            .respond(
+                &user,
+                client,
+                &row.scope,
+                tokens,
+                row.nonce.as_deref(),
+                Some(row.auth_time),
+            )
+            .await?;
         self.store.set_code_jti(&mut tx, &hash, &jti).await?;
         tx.commit().await?;
-        self.respond(
-            &user,
-            client,
-            &row.scope,
-            tokens,
-            row.nonce.as_deref(),
-            Some(row.auth_time),
-        )
-        .await
+        Ok(response)
     }
 
     async fn refresh(
@@ -735,6 +721,22 @@ impl OAuthServer {
         let token = params
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?;
+        // The scope is checked before the token is spent: a refused request costs nothing.
+        if let (Some(asked), Some(row)) = (
+            params.get("scope"),
+            self.users.store().peek_refresh(&token_hash(token)).await?,
+        ) {
+            let granted = row.scope.unwrap_or_default();
+            if asked
+                .split_whitespace()
+                .any(|asked| !granted.split_whitespace().any(|granted| granted == asked))
+            {
+                return Err(OAuthError::new(
+                    "invalid_scope",
+                    "a refresh cannot widen the granted scope",
+                ));
+            }
+        }
         let (user, row, next) = match self.users.rotate(token, Some(&client.client_id)).await {
             Ok(rotated) => rotated,
             Err(UsersError::BadRefreshToken) => {
@@ -744,20 +746,14 @@ impl OAuthServer {
             }
             Err(err) => return Err(err.into()),
         };
-        let scope = row.scope.clone().unwrap_or_default();
-        if let Some(asked) = params.get("scope")
-            && asked
-                .split_whitespace()
-                .any(|asked| !scope.split_whitespace().any(|granted| granted == asked))
-        {
-            return Err(OAuthError::new(
-                "invalid_scope",
-                "a refresh cannot widen the granted scope",
-            ));
-        }
+        // A narrower scope applies to these tokens; the refresh token keeps the grant.
+        let scope = params
+            .get("scope")
+            .map_or_else(|| row.scope.clone().unwrap_or_default(), Clone::clone);
         let grant = Grant {
             client_id: Some(&client.client_id),
             scope: Some(&scope),
+            restricted: !client.first_party,
         };
         let (tokens, _) = self.users.tokens(&user, row.family_id, grant, next)?;
         self.respond(&user, client, &scope, tokens, None, None)
@@ -776,7 +772,7 @@ impl OAuthServer {
     ) -> Result<TokenResponse, OAuthError> {
         let id_token = if scope.split_whitespace().any(|scope| scope == "openid") {
             Some(
-                self.id_token(user, client, &tokens.access_token, nonce, auth_time)
+                self.id_token(user, client, scope, &tokens.access_token, nonce, auth_time)
                     .await?,
             )
         } else {
@@ -796,6 +792,7 @@ impl OAuthServer {
         &self,
         user: &UserRow,
         client: &Client,
+        scope: &str,
         access_token: &str,
         nonce: Option<&str>,
         auth_time: Option<DateTime<Utc>>,
@@ -812,10 +809,8 @@ impl OAuthServer {
             "iat": issued,
             "exp": issued + ttl,
             "at_hash": URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]),
-            "email": user.email,
-            "email_verified": self.store.email_verified(user.id).await?,
-            "name": user.name,
         });
+        self.add_profile(&mut claims, user, scope).await?;
         if let Some(nonce) = nonce {
             claims["nonce"] = nonce.into();
         }
@@ -873,12 +868,15 @@ impl OAuthServer {
     pub async fn introspect(&self, token: &str) -> Result<Value, UsersError> {
         let inactive = json!({"active": false});
         if let Some(row) = self.users.store().peek_refresh(&token_hash(token)).await? {
-            if row.used_at.is_some() || row.revoked_at.is_some() || row.expires_at <= now() {
+            if row.used_at.is_some()
+                || row.revoked_at.is_some()
+                || row.expires_at <= now()
+                || self.users.store().family_revoked(row.family_id).await?
+            {
                 return Ok(inactive);
             }
             let mut answer = json!({
                 "active": true,
-                "token_type": "refresh_token",
                 "sub": row.user_id.to_string(),
                 "exp": row.expires_at.timestamp(),
                 "iss": self.issuer(),
@@ -911,11 +909,6 @@ impl OAuthServer {
         if let Some(scope) = claims.scope {
             answer["scope"] = scope.into();
         }
-        if let Ok(id) = Uuid::parse_str(answer["sub"].as_str().unwrap_or_default())
-            && let Some(user) = self.users.store().get_user(id).await?
-        {
-            answer["username"] = user.email.into();
-        }
         Ok(answer)
     }
 
@@ -927,12 +920,29 @@ impl OAuthServer {
         let Some(user) = self.users.store().get_user(id).await? else {
             return Ok(None);
         };
-        Ok(Some(json!({
-            "sub": user.id.to_string(),
-            "email": user.email,
-            "email_verified": self.store.email_verified(user.id).await?,
-            "name": user.name,
-        })))
+        let mut info = json!({"sub": user.id.to_string()});
+        self.add_profile(&mut info, &user, claims.scope.as_deref().unwrap_or(""))
+            .await?;
+        Ok(Some(info))
+    }
+
+    /// The claims the scope grants (OpenID Connect Core §5.4): `email` and `email_verified`
+    /// with `email`, `name` with `profile`.
+    async fn add_profile(
+        &self,
+        claims: &mut Value,
+        user: &UserRow,
+        scope: &str,
+    ) -> Result<(), UsersError> {
+        let has = |wanted: &str| scope.split_whitespace().any(|scope| scope == wanted);
+        if has("email") {
+            claims["email"] = user.email.clone().into();
+            claims["email_verified"] = self.store.email_verified(user.id).await?.into();
+        }
+        if has("profile") {
+            claims["name"] = user.name.clone().into();
+        }
+        Ok(())
     }
 
     /// RFC 8414 authorization server metadata.
@@ -958,6 +968,8 @@ impl OAuthServer {
             "introspection_endpoint_auth_methods_supported":
                 ["client_secret_basic", "client_secret_post"],
             "authorization_response_iss_parameter_supported": true,
+            "request_parameter_supported": false,
+            "request_uri_parameter_supported": false,
         })
     }
 
@@ -991,20 +1003,6 @@ impl OAuthServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redirect_uris_must_be_exact_and_safe() {
-        assert_eq!(redirect_uri_problem("https://app.example.com/cb"), None);
-        assert_eq!(redirect_uri_problem("http://127.0.0.1:5000/cb"), None);
-        assert_eq!(redirect_uri_problem("http://localhost/cb"), None);
-        assert_eq!(redirect_uri_problem("http://[::1]:8080/cb"), None);
-        assert_eq!(redirect_uri_problem("com.example.app:/callback"), None);
-        assert!(redirect_uri_problem("http://app.example.com/cb").is_some());
-        assert!(redirect_uri_problem("https://app.example.com/cb#frag").is_some());
-        assert!(redirect_uri_problem("/relative").is_some());
-        assert!(redirect_uri_problem("javascript:alert(1)").is_some());
-        assert!(redirect_uri_problem("https:///nohost").is_some());
-    }
 
     #[test]
     fn forms_refuse_repeated_parameters() {

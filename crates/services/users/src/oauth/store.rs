@@ -201,7 +201,16 @@ impl OAuthStore {
                 now.into(),
             ])
             .to_owned();
-        self.write(&insert).await
+        // Expired codes are of no use to anyone: they go as new ones come.
+        let expired = Query::delete()
+            .from_table(OauthCodes::Table)
+            .and_where(Expr::col(OauthCodes::ExpiresAt).lt(now - chrono::Duration::hours(1)))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        tx.execute(&insert).await?;
+        tx.execute(&expired).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The code with `hash`, inside `tx`.
@@ -259,6 +268,12 @@ impl OAuthStore {
             )
             .to_owned();
         tx.execute(&insert).await?;
+        // A revoked token past its expiry is refused anyway.
+        let expired = Query::delete()
+            .from_table(RevokedTokens::Table)
+            .and_where(Expr::col(RevokedTokens::ExpiresAt).lt(Utc::now()))
+            .to_owned();
+        tx.execute(&expired).await?;
         Ok(())
     }
 
