@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod discovery;
 pub mod http;
+pub mod jobs;
 pub mod lifecycle;
 pub mod telemetry;
 #[cfg(feature = "test-util")]

@@ -1,0 +1,584 @@
+//! Durable background jobs in the application's own database, as Oban, River and
+//! graphile-worker do it: a job is a row, enqueued in the same transaction as the change that
+//! asks for it, claimed in batches under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL, the
+//! single writer on SQLite), kept alive by heartbeats, retried with capped exponential backoff
+//! and full jitter, and dead after its last attempt. A worker that dies loses nothing: its
+//! leases expire and the jobs run again (handlers must be idempotent).
+//!
+//! [`Jobs`] is the queue; [`worker::Worker`] runs handlers over it.
+
+pub mod worker;
+
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_query::{Expr, ExprTrait, Iden, LockBehavior, LockType, OnConflict, Order, Query};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::db::{Db, Migration, Tx};
+
+/// The queue's schema history.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2026112610,
+    name: "jobs: the durable job queue",
+    sqlite: include_str!("../../migrations/sqlite/2026112610_jobs.sql"),
+    postgres: include_str!("../../migrations/postgres/2026112610_jobs.sql"),
+}];
+
+#[derive(Iden, Clone, Copy)]
+enum JobColumn {
+    #[iden = "jobs"]
+    Table,
+    Id,
+    Kind,
+    Payload,
+    State,
+    Attempts,
+    MaxAttempts,
+    RunAt,
+    LockedBy,
+    LockedUntil,
+    UniqueKey,
+    LastError,
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `run_at` and a worker (new, or to be retried).
+    Available,
+    /// Claimed by a worker under a lease.
+    Running,
+    /// Done.
+    Completed,
+    /// Failed its last attempt; `logicore jobs retry` brings it back.
+    Dead,
+}
+
+impl JobState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored or user-given name.
+    pub fn parse(text: &str) -> Option<JobState> {
+        [
+            JobState::Available,
+            JobState::Running,
+            JobState::Completed,
+            JobState::Dead,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    kind: String,
+    payload: Value,
+    run_at: Option<DateTime<Utc>>,
+    unique_key: Option<String>,
+    max_attempts: u32,
+}
+
+impl NewJob {
+    /// A job of `kind` (the handler's name) with its JSON payload, runnable now, with the
+    /// default of 5 attempts.
+    pub fn new(kind: impl Into<String>, payload: Value) -> NewJob {
+        NewJob {
+            kind: kind.into(),
+            payload,
+            run_at: None,
+            unique_key: None,
+            max_attempts: 5,
+        }
+    }
+
+    /// Runs no earlier than `run_at` (scheduled jobs).
+    pub fn at(mut self, run_at: DateTime<Utc>) -> NewJob {
+        self.run_at = Some(run_at);
+        self
+    }
+
+    /// At most one job with this key ever exists (until purged): enqueueing it again is a
+    /// no-op, so a redelivered event cannot send a second e-mail.
+    pub fn unique(mut self, key: impl Into<String>) -> NewJob {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Attempts before the job is dead.
+    pub fn max_attempts(mut self, attempts: u32) -> NewJob {
+        self.max_attempts = Ord::max(attempts, 1);
+        self
+    }
+}
+
+/// A claimed job, handed to its handler.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRow {
+    id: Uuid,
+    kind: String,
+    payload: String,
+    attempts: i32,
+    max_attempts: i32,
+}
+
+/// A job being run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its id.
+    pub id: Uuid,
+    /// Its kind.
+    pub kind: String,
+    /// Its payload.
+    pub payload: Value,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+}
+
+impl From<ClaimedRow> for Job {
+    fn from(row: ClaimedRow) -> Job {
+        Job {
+            id: row.id,
+            payload: serde_json::from_str(&row.payload).unwrap_or(Value::Null),
+            kind: row.kind,
+            attempt: u32::try_from(row.attempts).unwrap_or(1),
+            max_attempts: u32::try_from(row.max_attempts).unwrap_or(1),
+        }
+    }
+}
+
+/// A job as listed for operators.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct JobRow {
+    /// Id.
+    pub id: Uuid,
+    /// Kind.
+    pub kind: String,
+    /// `available`, `running`, `completed` or `dead`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// Next (or last) run time.
+    pub run_at: DateTime<Utc>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// The unique key, if any.
+    pub unique_key: Option<String>,
+    /// Enqueued.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How a failed attempt is retried: `min(cap, base · 2^(attempt-1))`, of which a uniformly
+/// random part is waited ("full jitter").
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Delay before the first retry, before jitter.
+    pub base: Duration,
+    /// Largest delay.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after failed attempt `attempt` (1-based), jittered by `unit` in `[0, 1)`.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exponent = Ord::min(attempt.saturating_sub(1), 30);
+        let ceiling = self.base.saturating_mul(1u32 << exponent).min(self.cap);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// A uniformly random number in `[0, 1)`.
+pub fn random_unit() -> f64 {
+    let mut bytes = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The job queue over the application database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    db: Db,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Jobs {
+    /// The queue in `db` (its tables come from [`MIGRATIONS`]).
+    pub fn new(db: Db) -> Jobs {
+        Jobs {
+            db,
+            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Enqueues `job` inside `tx`, so it exists exactly when the change that asks for it
+    /// commits. Returns its id, or `None` when a job with its unique key exists. Call
+    /// [`Jobs::wake`] after the commit to have a worker of this process pick it up at once.
+    pub async fn enqueue(&self, tx: &mut Tx, job: NewJob) -> Result<Option<Uuid>, sqlx::Error> {
+        let id = Uuid::now_v7();
+        let created = now();
+        let insert = Query::insert()
+            .into_table(JobColumn::Table)
+            .columns([
+                JobColumn::Id,
+                JobColumn::Kind,
+                JobColumn::Payload,
+                JobColumn::State,
+                JobColumn::Attempts,
+                JobColumn::MaxAttempts,
+                JobColumn::RunAt,
+                JobColumn::UniqueKey,
+                JobColumn::CreatedAt,
+                JobColumn::UpdatedAt,
+            ])
+            .values_panic([
+                id.into(),
+                job.kind.into(),
+                job.payload.to_string().into(),
+                JobState::Available.as_str().into(),
+                0i32.into(),
+                i32::try_from(job.max_attempts).unwrap_or(i32::MAX).into(),
+                job.run_at.unwrap_or(created).into(),
+                job.unique_key.into(),
+                created.into(),
+                created.into(),
+            ])
+            .on_conflict(
+                OnConflict::column(JobColumn::UniqueKey)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .to_owned();
+        let inserted = tx.execute(&insert).await?;
+        Ok((inserted == 1).then_some(id))
+    }
+
+    /// Enqueues `job` in a transaction of its own and wakes this process's workers.
+    pub async fn enqueue_now(&self, job: NewJob) -> Result<Option<Uuid>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let id = self.enqueue(&mut tx, job).await?;
+        tx.commit().await?;
+        self.wake();
+        Ok(id)
+    }
+
+    /// Tells this process's workers that jobs are waiting.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Resolves when [`Jobs::wake`] is called.
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Claims up to `limit` runnable jobs of `kinds` for `worker` for `lease`; each claim
+    /// counts as an attempt.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        kinds: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Job>, sqlx::Error> {
+        let claimed = now();
+        let mut runnable = Query::select()
+            .column(JobColumn::Id)
+            .from(JobColumn::Table)
+            .and_where(Expr::col(JobColumn::State).eq(JobState::Available.as_str()))
+            .and_where(Expr::col(JobColumn::RunAt).lte(claimed))
+            .and_where(Expr::col(JobColumn::Kind).is_in(kinds.iter().cloned()))
+            .order_by(JobColumn::RunAt, Order::Asc)
+            .limit(u64::from(limit))
+            .to_owned();
+        runnable.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        let update = Query::update()
+            .table(JobColumn::Table)
+            .value(JobColumn::State, JobState::Running.as_str())
+            .value(JobColumn::Attempts, Expr::col(JobColumn::Attempts).add(1))
+            .value(JobColumn::LockedBy, worker)
+            .value(JobColumn::LockedUntil, claimed + chrono_duration(lease))
+            .value(JobColumn::UpdatedAt, claimed)
+            .and_where(Expr::col(JobColumn::Id).in_subquery(runnable))
+            .returning(Query::returning().columns([
+                JobColumn::Id,
+                JobColumn::Kind,
+                JobColumn::Payload,
+                JobColumn::Attempts,
+                JobColumn::MaxAttempts,
+            ]))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<ClaimedRow> = tx.fetch_all(&update).await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(Job::from).collect())
+    }
+
+    /// Marks jobs of `worker` completed (one statement for the batch).
+    pub async fn complete(&self, worker: &str, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let update = Query::update()
+            .table(JobColumn::Table)
+            .value(JobColumn::State, JobState::Completed.as_str())
+            .value(JobColumn::LockedBy, Option::<String>::None)
+            .value(JobColumn::LockedUntil, Option::<DateTime<Utc>>::None)
+            .value(JobColumn::UpdatedAt, now())
+            .and_where(Expr::col(JobColumn::Id).is_in(ids.iter().copied()))
+            .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let done = tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Records a failed attempt of `job`: available again after `retry_in`, or dead after
+    /// its last attempt.
+    pub async fn fail(
+        &self,
+        worker: &str,
+        job: &Job,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<JobState, sqlx::Error> {
+        let failed = now();
+        let state = if job.attempt >= job.max_attempts {
+            JobState::Dead
+        } else {
+            JobState::Available
+        };
+        let error: String = error.chars().take(2000).collect();
+        let update = Query::update()
+            .table(JobColumn::Table)
+            .value(JobColumn::State, state.as_str())
+            .value(JobColumn::RunAt, failed + chrono_duration(retry_in))
+            .value(JobColumn::LastError, error)
+            .value(JobColumn::LockedBy, Option::<String>::None)
+            .value(JobColumn::LockedUntil, Option::<DateTime<Utc>>::None)
+            .value(JobColumn::UpdatedAt, failed)
+            .and_where(Expr::col(JobColumn::Id).eq(job.id))
+            .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    /// Extends the leases of `worker`'s running jobs.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<u64, sqlx::Error> {
+        let beat = now();
+        let update = Query::update()
+            .table(JobColumn::Table)
+            .value(JobColumn::LockedUntil, beat + chrono_duration(lease))
+            .and_where(Expr::col(JobColumn::State).eq(JobState::Running.as_str()))
+            .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let extended = tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(extended)
+    }
+
+    /// Gives back `worker`'s running jobs without counting the attempt (a clean shutdown).
+    pub async fn release(&self, worker: &str) -> Result<u64, sqlx::Error> {
+        let released = now();
+        let update = Query::update()
+            .table(JobColumn::Table)
+            .value(JobColumn::State, JobState::Available.as_str())
+            .value(JobColumn::Attempts, Expr::col(JobColumn::Attempts).sub(1))
+            .value(JobColumn::LockedBy, Option::<String>::None)
+            .value(JobColumn::LockedUntil, Option::<DateTime<Utc>>::None)
+            .value(JobColumn::RunAt, released)
+            .value(JobColumn::UpdatedAt, released)
+            .and_where(Expr::col(JobColumn::State).eq(JobState::Running.as_str()))
+            .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let count = tx.execute(&update).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    /// Returns jobs whose lease expired (their worker died) to the queue: available again,
+    /// or dead when that was their last attempt. Returns how many.
+    pub async fn rescue(&self) -> Result<u64, sqlx::Error> {
+        let rescued = now();
+        let expired = |state: JobState| {
+            Query::update()
+                .table(JobColumn::Table)
+                .value(JobColumn::State, state.as_str())
+                .value(JobColumn::LockedBy, Option::<String>::None)
+                .value(JobColumn::LockedUntil, Option::<DateTime<Utc>>::None)
+                .value(JobColumn::RunAt, rescued)
+                .value(JobColumn::UpdatedAt, rescued)
+                .and_where(Expr::col(JobColumn::State).eq(JobState::Running.as_str()))
+                .and_where(Expr::col(JobColumn::LockedUntil).lt(rescued))
+                .to_owned()
+        };
+        let mut dead = expired(JobState::Dead);
+        dead.value(
+            JobColumn::LastError,
+            "the lease expired on the last attempt (worker lost)",
+        )
+        .and_where(Expr::col(JobColumn::Attempts).gte(Expr::col(JobColumn::MaxAttempts)));
+        let mut tx = self.db.begin().await?;
+        let mut count = tx.execute(&dead).await?;
+        count += tx.execute(&expired(JobState::Available)).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    /// Jobs in `state` (all when `None`), newest change first, at most `limit`.
+    pub async fn list(
+        &self,
+        state: Option<JobState>,
+        limit: u64,
+    ) -> Result<Vec<JobRow>, sqlx::Error> {
+        let mut select = Query::select()
+            .columns([
+                JobColumn::Id,
+                JobColumn::Kind,
+                JobColumn::State,
+                JobColumn::Attempts,
+                JobColumn::MaxAttempts,
+                JobColumn::RunAt,
+                JobColumn::LastError,
+                JobColumn::UniqueKey,
+                JobColumn::CreatedAt,
+                JobColumn::UpdatedAt,
+            ])
+            .from(JobColumn::Table)
+            .order_by(JobColumn::UpdatedAt, Order::Desc)
+            .limit(limit)
+            .to_owned();
+        if let Some(state) = state {
+            select.and_where(Expr::col(JobColumn::State).eq(state.as_str()));
+        }
+        self.db.fetch_all(&select).await
+    }
+
+    /// Makes a dead (or waiting) job runnable now with a fresh set of attempts; false when
+    /// there is no such job or it is running or completed.
+    pub async fn retry(&self, id: Uuid) -> Result<bool, sqlx::Error> {
+        let retried = now();
+        let update = Query::update()
+            .table(JobColumn::Table)
+            .value(JobColumn::State, JobState::Available.as_str())
+            .value(JobColumn::Attempts, 0i32)
+            .value(JobColumn::RunAt, retried)
+            .value(JobColumn::UpdatedAt, retried)
+            .and_where(Expr::col(JobColumn::Id).eq(id))
+            .and_where(
+                Expr::col(JobColumn::State)
+                    .is_in([JobState::Dead.as_str(), JobState::Available.as_str()]),
+            )
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let changed = tx.execute(&update).await?;
+        tx.commit().await?;
+        if changed == 1 {
+            self.wake();
+        }
+        Ok(changed == 1)
+    }
+
+    /// Deletes completed jobs last changed before `before`; returns how many.
+    pub async fn purge(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let delete = Query::delete()
+            .from_table(JobColumn::Table)
+            .and_where(Expr::col(JobColumn::State).eq(JobState::Completed.as_str()))
+            .and_where(Expr::col(JobColumn::UpdatedAt).lt(before))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let purged = tx.execute(&delete).await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    /// How many jobs are in each state.
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let select = Query::select()
+            .column(JobColumn::State)
+            .expr(Expr::col(JobColumn::Id).count())
+            .from(JobColumn::Table)
+            .group_by_col(JobColumn::State)
+            .to_owned();
+        self.db.fetch_all(&select).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_jitters_below_it() {
+        let backoff = Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+        };
+        assert_eq!(
+            backoff.delay(1, 0.999_999),
+            Duration::from_secs(1).mul_f64(0.999_999)
+        );
+        assert_eq!(backoff.delay(3, 0.5), Duration::from_secs(2));
+        assert_eq!(
+            backoff.delay(10, 0.5),
+            Duration::from_secs(30),
+            "capped at 60 s"
+        );
+        assert_eq!(backoff.delay(u32::MAX, 1.0), Duration::from_secs(60));
+        assert_eq!(backoff.delay(2, 0.0), Duration::ZERO);
+        for _ in 0..1000 {
+            let unit = random_unit();
+            assert!((0.0..1.0).contains(&unit));
+        }
+    }
+}
