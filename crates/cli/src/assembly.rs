@@ -30,6 +30,8 @@ use logicore_platform::discovery::Discovery;
 use logicore_platform::http::extract;
 use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::server::{self, ListenerService, ServerOptions, router_service};
+use logicore_platform::jobs::Jobs;
+use logicore_platform::jobs::worker::{Worker, WorkerSettings};
 use logicore_platform::lifecycle::Hangups;
 use logicore_platform::telemetry::metrics::MetricsHandle;
 use logicore_users::{TokenSettings, UsersService};
@@ -47,6 +49,8 @@ pub enum Roles {
     Catalog,
     /// `logicore service users`: the users service alone on `services.users.listen`.
     Users,
+    /// `logicore worker`: jobs (and event consumers), with the admin listener.
+    Worker,
 }
 
 impl Roles {
@@ -57,13 +61,20 @@ impl Roles {
             Roles::Gateway => ("logicore-gateway", "gateway"),
             Roles::Catalog => ("logicore-catalog", "catalog"),
             Roles::Users => ("logicore-users", "users"),
+            Roles::Worker => ("logicore-worker", "worker"),
         }
     }
 }
 
 /// Every service's migrations, in one history.
 pub fn all_migrations() -> Vec<Migration> {
-    [logicore_catalog::MIGRATIONS, logicore_users::MIGRATIONS].concat()
+    [
+        logicore_platform::jobs::MIGRATIONS,
+        logicore_platform::bus::MIGRATIONS,
+        logicore_catalog::MIGRATIONS,
+        logicore_users::MIGRATIONS,
+    ]
+    .concat()
 }
 
 /// The built-in routes of every LogiCore service (those of services that do not run here
@@ -90,7 +101,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
 
 /// Checks the parts of the config that depend on which roles run here (exit 2 on error).
 pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
-    if matches!(roles, Roles::Catalog | Roles::Users) {
+    if matches!(roles, Roles::Catalog | Roles::Users | Roles::Worker) {
         return Ok(());
     }
     let mut local = BTreeMap::new();
@@ -232,6 +243,8 @@ pub struct Process {
     db: Option<Db>,
     options: ServerOptions,
     reloader: Option<Reloader>,
+    /// The job worker of `up` and `worker`.
+    worker: Option<Worker>,
 }
 
 impl Process {
@@ -278,11 +291,13 @@ impl Process {
                     logicore_users::SERVICE_NAME.to_owned(),
                     users.layer(DefaultBodyLimit::disable()),
                 );
+                let jobs = Jobs::new(db.clone());
                 let edge = Edge {
                     local,
                     apis: vec![catalog_api, users_api],
                     checks: vec![database_check(&db)],
                     local_jwks: Some(local_jwks),
+                    admin_routes: Some(logicore_platform::jobs::admin::router(jobs.clone())),
                 };
                 let (served, reloader) =
                     bind_gateway(config, source, edge, metrics, Some(gateway_listener)).await?;
@@ -291,6 +306,7 @@ impl Process {
                     db: Some(db),
                     options,
                     reloader: Some(reloader),
+                    worker: Some(job_worker(config, jobs)),
                 }
             }
             Roles::Gateway => {
@@ -299,6 +315,7 @@ impl Process {
                     apis: Vec::new(),
                     checks: Vec::new(),
                     local_jwks: None,
+                    admin_routes: None,
                 };
                 let (served, reloader) = bind_gateway(config, source, edge, metrics, None).await?;
                 Process {
@@ -306,6 +323,7 @@ impl Process {
                     db: None,
                     options,
                     reloader: Some(reloader),
+                    worker: None,
                 }
             }
             Roles::Users => {
@@ -321,6 +339,21 @@ impl Process {
                     db: Some(db),
                     options,
                     reloader: None,
+                    worker: None,
+                }
+            }
+            Roles::Worker => {
+                let db = open_migrated_database(config).await?;
+                let jobs = Jobs::new(db.clone());
+                let admin =
+                    logicore_gateway::admin_router(vec![database_check(&db)], metrics, None)
+                        .merge(logicore_platform::jobs::admin::router(jobs.clone()));
+                Process {
+                    served: vec![bind("admin", config.admin.listen, router_service(admin)).await?],
+                    db: Some(db),
+                    options,
+                    reloader: None,
+                    worker: Some(job_worker(config, jobs)),
                 }
             }
             Roles::Catalog => {
@@ -357,6 +390,7 @@ impl Process {
                     db: Some(db),
                     options,
                     reloader: None,
+                    worker: None,
                 }
             }
         };
@@ -384,7 +418,15 @@ impl Process {
                 shutdown.clone(),
             )
         });
+        let worker = self
+            .worker
+            .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
         futures_util::future::join_all(servers).await;
+        if let Some(worker) = worker
+            && let Err(err) = worker.await
+        {
+            tracing::error!(error = %err, "the job worker failed");
+        }
         if let Some(db) = self.db {
             db.close().await;
         }
@@ -400,6 +442,8 @@ struct Edge {
     checks: Vec<ReadinessCheck>,
     /// The users service's JWKS when it runs here: the default `logicore` issuer's keys.
     local_jwks: Option<String>,
+    /// More routes of the admin listener (jobs).
+    admin_routes: Option<Router>,
 }
 
 /// Builds and binds the gateway and admin listeners.
@@ -437,6 +481,10 @@ async fn bind_gateway(
             cache: Some(cache),
         }),
     );
+    let admin = match edge.admin_routes {
+        Some(routes) => admin.merge(routes),
+        None => admin,
+    };
     let gateway = match listener {
         Some(listener) => serve_on("gateway", listener, gateway.into_service())?,
         None => bind("gateway", config.gateway.listen, gateway.into_service()).await?,
@@ -449,7 +497,7 @@ async fn bind_gateway(
     Ok((served, reloader))
 }
 
-async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
+pub async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
     let db = open_database(config).await?;
     if config.database.migrate_on_start {
         apply_migrations(&db, &all_migrations())
@@ -457,6 +505,19 @@ async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
             .context("failed to apply migrations")?;
     }
     Ok(db)
+}
+
+/// The job worker with the handlers of every service's job kinds.
+fn job_worker(config: &Config, jobs: Jobs) -> Worker {
+    Worker::new(
+        jobs,
+        WorkerSettings {
+            concurrency: config.jobs.concurrency,
+            lease: config.jobs.lease,
+            poll_interval: std::time::Duration::from_millis(500),
+            shutdown_grace: config.shutdown_grace,
+        },
+    )
 }
 
 /// A service's router as its own listener serves it: `/health`, the body limit, request ids

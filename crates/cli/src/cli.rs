@@ -122,12 +122,29 @@ pub enum KeysAction {
 /// `logicore jobs ...`.
 #[derive(Debug, Subcommand)]
 pub enum JobsAction {
-    /// List jobs.
-    List,
-    /// Retry dead or failed jobs.
-    Retry,
-    /// Purge finished jobs.
-    Purge,
+    /// List jobs, most recently changed first.
+    List {
+        /// Only jobs in this state: available, running, completed or dead.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Make dead jobs runnable again with a fresh set of attempts.
+    Retry {
+        /// The job to retry.
+        id: Option<String>,
+        /// Every dead job.
+        #[arg(long, conflicts_with = "id")]
+        all_dead: bool,
+    },
+    /// Delete completed jobs.
+    Purge {
+        /// Only those finished longer ago than this (a duration such as `7d`, `12h`).
+        #[arg(long, default_value = "7d")]
+        older_than: String,
+    },
 }
 
 impl Command {
@@ -142,6 +159,7 @@ impl Command {
             Command::Service {
                 name: ServiceName::Users,
             } => Some(Roles::Users),
+            Command::Worker => Some(Roles::Worker),
             _ => None,
         }
     }
@@ -164,10 +182,10 @@ impl Command {
             Command::Service {
                 name: ServiceName::Webhooks,
             } => Some("logicore service webhooks"),
-            Command::Worker => Some("logicore worker"),
+            Command::Worker => None,
             Command::Users { .. } => None,
             Command::Keys { .. } => None,
-            Command::Jobs { .. } => Some("logicore jobs"),
+            Command::Jobs { .. } => None,
         }
     }
 }

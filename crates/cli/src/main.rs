@@ -16,7 +16,7 @@ use logicore_platform::telemetry::{self, LogGuard, LogSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::assembly::Roles;
-use crate::cli::{Cli, Command, ConfigAction, KeysAction, UsersAction};
+use crate::cli::{Cli, Command, ConfigAction, JobsAction, KeysAction, UsersAction};
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc maps and unmaps every block
 /// over 128 KiB, which made each compressed response pay for fresh zeroed pages.
@@ -115,8 +115,89 @@ async fn run(command: Command, config: Config, source: ConfigSource) -> anyhow::
                     password_stdin,
                 },
         } => create_user(&config, email, role, password_stdin).await,
+        Command::Jobs { action } => jobs_command(&config, action).await,
         other => anyhow::bail!("{other:?} is not yet supported"),
     }
+}
+
+/// `logicore jobs list|retry|purge`.
+async fn jobs_command(config: &Config, action: JobsAction) -> anyhow::Result<()> {
+    use logicore_platform::jobs::{JobState, Jobs};
+    let _log_guard = init_logging(config, None)?;
+    let db = assembly::open_migrated_database(config).await?;
+    let jobs = Jobs::new(db.clone());
+    let result = async {
+        match action {
+            JobsAction::List { state, limit } => {
+                let state = state
+                    .map(|text| {
+                        JobState::parse(&text).ok_or_else(|| {
+                            anyhow::anyhow!("--state must be available, running, completed or dead")
+                        })
+                    })
+                    .transpose()?;
+                let rows = jobs.list(state, limit).await?;
+                println!(
+                    "{:<36}  {:<24}  {:<9}  {:>8}  {:<24}  last error",
+                    "id", "kind", "state", "attempts", "run at"
+                );
+                for row in rows {
+                    println!(
+                        "{:<36}  {:<24}  {:<9}  {:>8}  {:<24}  {}",
+                        row.id,
+                        row.kind,
+                        row.state,
+                        format!("{}/{}", row.attempts, row.max_attempts),
+                        row.run_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        row.last_error.unwrap_or_default()
+                    );
+                }
+                Ok(())
+            }
+            JobsAction::Retry { id, all_dead } => {
+                let ids = match (id, all_dead) {
+                    (Some(id), _) => vec![
+                        id.parse::<uuid::Uuid>()
+                            .map_err(|_| anyhow::anyhow!("`{id}` is not a job id"))?,
+                    ],
+                    (None, true) => jobs
+                        .list(Some(JobState::Dead), u64::MAX >> 1)
+                        .await?
+                        .into_iter()
+                        .map(|row| row.id)
+                        .collect(),
+                    (None, false) => anyhow::bail!("name a job id, or --all-dead"),
+                };
+                let mut retried = 0;
+                for id in &ids {
+                    if jobs.retry(*id).await? {
+                        retried += 1;
+                    } else {
+                        eprintln!("{id}: no such dead or waiting job");
+                    }
+                }
+                println!("{retried} job(s) will run again");
+                if retried == ids.len() {
+                    Ok(())
+                } else {
+                    anyhow::bail!("{} job(s) could not be retried", ids.len() - retried)
+                }
+            }
+            JobsAction::Purge { older_than } => {
+                let age = humantime::parse_duration(&older_than)
+                    .map_err(|err| anyhow::anyhow!("--older-than: {err}"))?;
+                let before = chrono::Utc::now()
+                    - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+                let purged = jobs.purge(before).await?;
+                println!("{purged} completed job(s) purged");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    db.close().await;
+    result
 }
 
 /// `logicore users create`: an account with the given roles; the password comes from stdin

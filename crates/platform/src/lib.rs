@@ -5,6 +5,7 @@
 //! This crate depends on external crates only; services, the gateway and the CLI build on it.
 
 pub mod auth;
+pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod crypto;

@@ -65,10 +65,6 @@ fn backends_not_built_yet_exit_2_saying_so() {
         "password leaked: {}",
         stderr(&output)
     );
-
-    let output = run(&Setup::new(Database::Sqlite), &["worker"]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("not yet supported"));
 }
 
 #[test]
@@ -91,11 +87,19 @@ fn migrate_applies_and_reports_the_schema_history() {
     let setup = Setup::new(Database::Sqlite);
     let status = run(&setup, &["migrate", "--status"]);
     assert!(status.status.success(), "{}", stderr(&status));
-    assert!(String::from_utf8_lossy(&status.stdout).contains("pending"));
+    let pending = String::from_utf8_lossy(&status.stdout)
+        .matches("pending")
+        .count();
+    assert!(pending > 0, "nothing pending on a fresh database");
 
     let applied = run(&setup, &["migrate"]);
     assert!(applied.status.success(), "{}", stderr(&applied));
-    assert!(String::from_utf8_lossy(&applied.stdout).contains("6 migration(s) applied"));
+    let expected = format!("{pending} migration(s) applied");
+    assert!(
+        String::from_utf8_lossy(&applied.stdout).contains(&expected),
+        "{}",
+        String::from_utf8_lossy(&applied.stdout)
+    );
 
     let status = run(&setup, &["migrate", "--status"]);
     let text = String::from_utf8_lossy(&status.stdout);

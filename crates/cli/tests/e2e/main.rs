@@ -4,6 +4,7 @@
 
 mod catalog;
 mod cli;
+mod jobs;
 mod lifecycle;
 mod oauth;
 mod outage;

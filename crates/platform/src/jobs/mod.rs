@@ -7,6 +7,7 @@
 //!
 //! [`Jobs`] is the queue; [`worker::Worker`] runs handlers over it.
 
+pub mod admin;
 pub mod worker;
 
 use std::time::Duration;
@@ -255,6 +256,14 @@ impl Jobs {
         &self.db
     }
 
+    /// Runs one statement in a transaction of its own; returns the rows it changed.
+    async fn write(&self, statement: &impl crate::db::SqlxBinder) -> Result<u64, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let changed = tx.execute(statement).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
     /// Enqueues `job` inside `tx`, so it exists exactly when the change that asks for it
     /// commits. Returns its id, or `None` when a job with its unique key exists. Call
     /// [`Jobs::wake`] after the commit to have a worker of this process pick it up at once.
@@ -311,9 +320,9 @@ impl Jobs {
         self.wake.notify_waiters();
     }
 
-    /// Resolves when [`Jobs::wake`] is called.
-    pub(crate) async fn woken(&self) {
-        self.wake.notified().await;
+    /// Resolves when [`Jobs::wake`] is called after this was created and enabled.
+    pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
     }
 
     /// Claims up to `limit` runnable jobs of `kinds` for `worker` for `lease`; each claim
@@ -372,9 +381,7 @@ impl Jobs {
             .and_where(Expr::col(JobColumn::Id).is_in(ids.iter().copied()))
             .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        let done = tx.execute(&update).await?;
-        tx.commit().await?;
+        let done = self.write(&update).await?;
         Ok(done)
     }
 
@@ -405,9 +412,7 @@ impl Jobs {
             .and_where(Expr::col(JobColumn::Id).eq(job.id))
             .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        tx.execute(&update).await?;
-        tx.commit().await?;
+        self.write(&update).await?;
         Ok(state)
     }
 
@@ -420,9 +425,7 @@ impl Jobs {
             .and_where(Expr::col(JobColumn::State).eq(JobState::Running.as_str()))
             .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        let extended = tx.execute(&update).await?;
-        tx.commit().await?;
+        let extended = self.write(&update).await?;
         Ok(extended)
     }
 
@@ -440,9 +443,7 @@ impl Jobs {
             .and_where(Expr::col(JobColumn::State).eq(JobState::Running.as_str()))
             .and_where(Expr::col(JobColumn::LockedBy).eq(worker))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        let count = tx.execute(&update).await?;
-        tx.commit().await?;
+        let count = self.write(&update).await?;
         Ok(count)
     }
 
@@ -520,9 +521,7 @@ impl Jobs {
                     .is_in([JobState::Dead.as_str(), JobState::Available.as_str()]),
             )
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        let changed = tx.execute(&update).await?;
-        tx.commit().await?;
+        let changed = self.write(&update).await?;
         if changed == 1 {
             self.wake();
         }
@@ -536,9 +535,7 @@ impl Jobs {
             .and_where(Expr::col(JobColumn::State).eq(JobState::Completed.as_str()))
             .and_where(Expr::col(JobColumn::UpdatedAt).lt(before))
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        let purged = tx.execute(&delete).await?;
-        tx.commit().await?;
+        let purged = self.write(&delete).await?;
         Ok(purged)
     }
 

@@ -135,6 +135,10 @@ impl Worker {
             settings,
             handlers,
         } = self;
+        if handlers.is_empty() {
+            tracing::info!("no job kinds registered: the worker has nothing to run");
+            return;
+        }
         let worker = Arc::new(id);
         let handlers = Arc::new(handlers);
         let kinds: Vec<String> = handlers.keys().cloned().collect();
@@ -169,6 +173,10 @@ impl Worker {
                 }
             };
             let limit = u32::try_from(free).unwrap_or(u32::MAX).min(500);
+            // Listen before claiming, so a wake-up during the claim is not lost.
+            let woken = jobs.woken();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let claimed = match jobs.claim(&worker, &kinds, limit, settings.lease).await {
                 Ok(claimed) => claimed,
                 Err(err) => {
@@ -182,7 +190,7 @@ impl Worker {
             if claimed.is_empty() {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = jobs.woken() => {}
+                    () = woken => {}
                     () = tokio::time::sleep(settings.poll_interval) => {}
                 }
                 continue;

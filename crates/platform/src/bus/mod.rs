@@ -1,0 +1,376 @@
+//! Domain events: a transactional outbox and the bus that carries it to consumers.
+//!
+//! A service writes its events with [`Bus::publish`] inside the transaction that makes the
+//! change, so an event exists exactly when the change commits. A relay then publishes what
+//! the outbox holds — on the embedded backend (`bus.url = "embedded://"`) by giving each
+//! event its place in one ordered log in the database — and consumers read that log at least
+//! once, each from its own durable cursor. A consumer's effects, its cursor and the id of the
+//! event it processed are written in one transaction, and an event id already recorded is
+//! skipped, so a redelivery has no second effect.
+//!
+//! Events are CloudEvents 1.0 ([`Event::to_cloudevent`]) with the W3C `traceparent` of the
+//! request that caused them.
+//!
+//! The [`Consumer`] trait is all a service implements; the transport underneath (the
+//! embedded log here, a RabbitMQ queue later) calls [`deliver`] for each event it hands over.
+
+pub mod embedded;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_query::{Expr, ExprTrait, Iden, OnConflict, Query};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::db::{Db, Migration, Tx};
+
+/// The bus's schema history (outbox, consumer cursors, processed event ids).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2026112611,
+    name: "bus: outbox, consumer cursors and processed events",
+    sqlite: include_str!("../../migrations/sqlite/2026112611_bus.sql"),
+    postgres: include_str!("../../migrations/postgres/2026112611_bus.sql"),
+}];
+
+/// The media type of a structured CloudEvent.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
+
+#[derive(Iden, Clone, Copy)]
+pub(crate) enum OutboxColumn {
+    #[iden = "outbox"]
+    Table,
+    Seq,
+    Id,
+    Type,
+    Source,
+    Subject,
+    Time,
+    Data,
+    Traceparent,
+    Position,
+    PublishedAt,
+}
+
+#[derive(Iden, Clone, Copy)]
+pub(crate) enum ProcessedColumn {
+    #[iden = "bus_processed"]
+    Table,
+    Consumer,
+    EventId,
+    ProcessedAt,
+}
+
+/// An event to publish.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// `order.created`, `product.updated`, ...
+    pub event_type: String,
+    /// `/logicore/<service>`.
+    pub source: String,
+    /// What the event is about (the resource id), when there is one.
+    pub subject: Option<String>,
+    /// The payload (the resource representation).
+    pub data: Value,
+}
+
+impl NewEvent {
+    /// An event of `event_type` from `service` about `subject` carrying `data`.
+    pub fn new(
+        service: &str,
+        event_type: &str,
+        subject: impl Into<Option<String>>,
+        data: Value,
+    ) -> NewEvent {
+        NewEvent {
+            event_type: event_type.to_owned(),
+            source: format!("/logicore/{service}"),
+            subject: subject.into(),
+            data,
+        }
+    }
+}
+
+/// A published event as consumers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Unique id (a UUIDv7).
+    pub id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Who published it.
+    pub source: String,
+    /// What it is about.
+    pub subject: Option<String>,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// The payload.
+    pub data: Value,
+    /// The W3C trace context of the request that caused it.
+    pub traceparent: Option<String>,
+}
+
+impl Event {
+    /// The structured-mode CloudEvents 1.0 JSON form (`application/cloudevents+json`).
+    pub fn to_cloudevent(&self) -> Value {
+        let mut event = json!({
+            "specversion": "1.0",
+            "id": self.id.to_string(),
+            "source": self.source,
+            "type": self.event_type,
+            "time": self.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "datacontenttype": "application/json",
+            "data": self.data,
+        });
+        if let Some(subject) = &self.subject {
+            event["subject"] = json!(subject);
+        }
+        if let Some(traceparent) = &self.traceparent {
+            event["traceparent"] = json!(traceparent);
+        }
+        event
+    }
+
+    /// Reads a structured CloudEvent; `None` when a required attribute is missing or the
+    /// spec version is not 1.0.
+    pub fn from_cloudevent(value: &Value) -> Option<Event> {
+        if value.get("specversion")?.as_str()? != "1.0" {
+            return None;
+        }
+        let text = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
+        Some(Event {
+            id: text("id")?.parse().ok()?,
+            event_type: text("type")?,
+            source: text("source")?,
+            subject: text("subject"),
+            time: text("time")
+                .and_then(|time| DateTime::parse_from_rfc3339(&time).ok())
+                .map_or_else(Utc::now, |time| time.with_timezone(&Utc)),
+            data: value.get("data").cloned().unwrap_or(Value::Null),
+            traceparent: text("traceparent"),
+        })
+    }
+}
+
+/// Whether the AMQP-style topic `pattern` (`order.*` matches one word, `#` any number,
+/// words separated by dots) matches `event_type`.
+pub fn topic_matches(pattern: &str, event_type: &str) -> bool {
+    fn matches(pattern: &[&str], words: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => words.is_empty(),
+            Some((&"#", rest)) => (0..=words.len()).any(|skip| matches(rest, &words[skip..])),
+            Some((&word, rest)) => words.split_first().is_some_and(|(first, others)| {
+                (word == "*" || word == *first) && matches(rest, others)
+            }),
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let words: Vec<&str> = event_type.split('.').collect();
+    matches(&pattern, &words)
+}
+
+/// The outcome of a consumer's handling of one event.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The database failed; the event is delivered again.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The handler could not process the event now; it is delivered again.
+    #[error("{0}")]
+    Retry(String),
+}
+
+/// The future a [`Consumer`] returns.
+pub type ConsumeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ConsumeError>> + Send + 'a>>;
+
+/// Something that reacts to events. Its work is done inside the transaction it is given,
+/// which also records the event as processed, so effects happen once even when the event is
+/// delivered twice (enqueueing a job is the usual effect: the job does the slow part).
+pub trait Consumer: Send + Sync + 'static {
+    /// A durable name: the cursor and the processed ids are kept under it (and, on RabbitMQ,
+    /// the queue is named after it).
+    fn name(&self) -> &str;
+
+    /// The event types it wants, as topic patterns (`order.*`, `#`).
+    fn topics(&self) -> &[&str];
+
+    /// Handles one event inside `tx`.
+    fn handle<'a>(&'a self, tx: &'a mut Tx, event: &'a Event) -> ConsumeFuture<'a>;
+}
+
+/// Whether `consumer` wants events of `event_type`.
+pub fn wants(consumer: &dyn Consumer, event_type: &str) -> bool {
+    consumer
+        .topics()
+        .iter()
+        .any(|pattern| topic_matches(pattern, event_type))
+}
+
+/// Hands `event` to `consumer` inside `tx` unless the consumer processed it before; records
+/// it as processed. Returns false when it was a redelivery (nothing done).
+pub async fn deliver(
+    tx: &mut Tx,
+    consumer: &dyn Consumer,
+    event: &Event,
+) -> Result<bool, ConsumeError> {
+    let record = Query::insert()
+        .into_table(ProcessedColumn::Table)
+        .columns([
+            ProcessedColumn::Consumer,
+            ProcessedColumn::EventId,
+            ProcessedColumn::ProcessedAt,
+        ])
+        .values_panic([consumer.name().into(), event.id.into(), now().into()])
+        .on_conflict(
+            OnConflict::columns([ProcessedColumn::Consumer, ProcessedColumn::EventId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .to_owned();
+    if tx.execute(&record).await? == 0 {
+        metrics::counter!("bus_redeliveries_skipped_total", "consumer" => consumer.name().to_owned())
+            .increment(1);
+        return Ok(false);
+    }
+    consumer.handle(tx, event).await?;
+    metrics::counter!("bus_events_consumed_total", "consumer" => consumer.name().to_owned(), "type" => event.event_type.clone())
+        .increment(1);
+    Ok(true)
+}
+
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// The W3C `traceparent` of the request being handled on this task (its trace id, a new
+/// span id), if any.
+pub fn current_traceparent() -> Option<String> {
+    crate::http::request_context::with_current(|info| {
+        let span = Uuid::new_v4().simple().to_string();
+        format!("00-{}-{}-01", info.trace_id(), &span[..16])
+    })
+}
+
+/// The event bus over the application database; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    db: Db,
+    /// Rung after a commit that wrote events: the relay runs at once.
+    written: Arc<tokio::sync::Notify>,
+    /// Rung by the relay after it published events: consumers read at once.
+    published: Arc<tokio::sync::Notify>,
+}
+
+impl Bus {
+    /// The bus over `db` (its tables come from [`MIGRATIONS`]).
+    pub fn new(db: Db) -> Bus {
+        Bus {
+            db,
+            written: Arc::new(tokio::sync::Notify::new()),
+            published: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Writes `event` to the outbox inside `tx`; it is published once `tx` commits. Call
+    /// [`Bus::wake`] after the commit so this process's relay publishes it at once.
+    pub async fn publish(&self, tx: &mut Tx, event: NewEvent) -> Result<Uuid, sqlx::Error> {
+        let id = Uuid::now_v7();
+        let insert = Query::insert()
+            .into_table(OutboxColumn::Table)
+            .columns([
+                OutboxColumn::Id,
+                OutboxColumn::Type,
+                OutboxColumn::Source,
+                OutboxColumn::Subject,
+                OutboxColumn::Time,
+                OutboxColumn::Data,
+                OutboxColumn::Traceparent,
+            ])
+            .values_panic([
+                id.into(),
+                event.event_type.into(),
+                event.source.into(),
+                event.subject.into(),
+                now().into(),
+                event.data.to_string().into(),
+                current_traceparent().into(),
+            ])
+            .to_owned();
+        tx.execute(&insert).await?;
+        Ok(id)
+    }
+
+    /// Tells this process's relay that events were committed.
+    pub fn wake(&self) {
+        self.written.notify_one();
+    }
+
+    /// Deletes processed-event records older than `before` (redeliveries come much sooner)
+    /// and the published events every consumer has read before `before`. Returns how many
+    /// rows went.
+    pub async fn purge(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let processed = Query::delete()
+            .from_table(ProcessedColumn::Table)
+            .and_where(Expr::col(ProcessedColumn::ProcessedAt).lt(before))
+            .to_owned();
+        // Events every consumer has read (none are deleted before a consumer has a cursor).
+        let events = Query::delete()
+            .from_table(OutboxColumn::Table)
+            .and_where(Expr::col(OutboxColumn::Position).is_not_null())
+            .and_where(Expr::col(OutboxColumn::Time).lt(before))
+            .and_where(Expr::col(OutboxColumn::Position).lte(Expr::cust(
+                "(SELECT COALESCE(MIN(position), 0) FROM bus_cursors)",
+            )))
+            .to_owned();
+        let mut tx = self.db.begin().await?;
+        let count = tx.execute(&processed).await? + tx.execute(&events).await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_like_amqp_topic_exchanges() {
+        assert!(topic_matches("order.created", "order.created"));
+        assert!(topic_matches("order.*", "order.created"));
+        assert!(!topic_matches("order.*", "order.created.late"));
+        assert!(!topic_matches("order.*", "product.updated"));
+        assert!(topic_matches("#", "order.created"));
+        assert!(topic_matches("order.#", "order"));
+        assert!(topic_matches("order.#", "order.a.b"));
+        assert!(topic_matches("*.updated", "product.updated"));
+        assert!(!topic_matches("*.updated", "updated"));
+    }
+
+    #[test]
+    fn cloudevents_round_trip_with_traceparent() {
+        let event = Event {
+            id: Uuid::now_v7(),
+            event_type: "order.created".into(),
+            source: "/logicore/orders".into(),
+            subject: Some("abc".into()),
+            time: now(),
+            data: json!({"id": "abc", "total_cents": 1200}),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let cloud = event.to_cloudevent();
+        assert_eq!(cloud["specversion"], "1.0");
+        assert_eq!(cloud["datacontenttype"], "application/json");
+        let back = Event::from_cloudevent(&cloud).unwrap();
+        assert_eq!(back.id, event.id);
+        assert_eq!(back.traceparent, event.traceparent);
+        assert_eq!(back.data, event.data);
+        assert!(Event::from_cloudevent(&json!({"specversion": "0.3"})).is_none());
+    }
+}
