@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
@@ -21,6 +22,10 @@ use logicore_gateway::{
     EdgeConfig, Gateway, GatewayAdmin, GatewaySettings, LiveEdge, ReadinessCheck, RouteTable,
     RoutingError, TrustedProxies, UpstreamResolver,
 };
+use logicore_orders::OrdersService;
+use logicore_orders::store::OrderStore;
+use logicore_platform::bus::embedded::BusSettings;
+use logicore_platform::bus::{Bus, Consumer};
 use logicore_platform::cache::{QueryCache, RedisStore};
 use logicore_platform::config::{self, Config, ConfigSource, RouteConfig};
 use logicore_platform::crypto::masking::MaskRules;
@@ -73,6 +78,7 @@ pub fn all_migrations() -> Vec<Migration> {
         logicore_platform::bus::MIGRATIONS,
         logicore_catalog::MIGRATIONS,
         logicore_users::MIGRATIONS,
+        logicore_orders::MIGRATIONS,
     ]
     .concat()
 }
@@ -88,6 +94,7 @@ fn built_in_routes() -> Vec<RouteConfig> {
     catalog
         .into_iter()
         .chain(logicore_users::built_in_routes())
+        .chain(logicore_orders::built_in_routes())
         .collect()
 }
 
@@ -107,6 +114,7 @@ pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
     let mut local = BTreeMap::new();
     if roles == Roles::All {
         local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
+        local.insert(logicore_orders::SERVICE_NAME.to_owned(), Router::new());
     }
     edge_config(config, local, logicore_gateway::http_client(), None, None).map(drop)
 }
@@ -243,8 +251,8 @@ pub struct Process {
     db: Option<Db>,
     options: ServerOptions,
     reloader: Option<Reloader>,
-    /// The job worker of `up` and `worker`.
-    worker: Option<Worker>,
+    /// The job worker, event relay and consumers of `up` and `worker`.
+    background: Option<Background>,
 }
 
 impl Process {
@@ -278,9 +286,12 @@ impl Process {
                     "http://{}/.well-known/jwks.json",
                     SocketAddr::new(loopback, bound.port())
                 );
-                let (catalog, catalog_api) = catalog_router(config, &db, true)?;
+                let catalog_service = catalog_service(config, &db, true)?;
+                let (catalog, catalog_api) = logicore_catalog::router(catalog_service.clone());
                 let (users, users_api) =
                     users_service(config, &db, &ring, bound.port(), true).await?;
+                let background = Background::new(config, &db, catalog_service)?;
+                let (orders, orders_api) = logicore_orders::router(background.orders.clone());
                 let mut local = BTreeMap::new();
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
                 local.insert(
@@ -291,13 +302,18 @@ impl Process {
                     logicore_users::SERVICE_NAME.to_owned(),
                     users.layer(DefaultBodyLimit::disable()),
                 );
-                let jobs = Jobs::new(db.clone());
+                local.insert(
+                    logicore_orders::SERVICE_NAME.to_owned(),
+                    orders.layer(DefaultBodyLimit::disable()),
+                );
                 let edge = Edge {
                     local,
-                    apis: vec![catalog_api, users_api],
+                    apis: vec![catalog_api, users_api, orders_api],
                     checks: vec![database_check(&db)],
                     local_jwks: Some(local_jwks),
-                    admin_routes: Some(logicore_platform::jobs::admin::router(jobs.clone())),
+                    admin_routes: Some(logicore_platform::jobs::admin::router(
+                        background.jobs.clone(),
+                    )),
                 };
                 let (served, reloader) =
                     bind_gateway(config, source, edge, metrics, Some(gateway_listener)).await?;
@@ -306,7 +322,7 @@ impl Process {
                     db: Some(db),
                     options,
                     reloader: Some(reloader),
-                    worker: Some(job_worker(config, jobs)),
+                    background: Some(background),
                 }
             }
             Roles::Gateway => {
@@ -323,7 +339,7 @@ impl Process {
                     db: None,
                     options,
                     reloader: Some(reloader),
-                    worker: None,
+                    background: None,
                 }
             }
             Roles::Users => {
@@ -339,28 +355,31 @@ impl Process {
                     db: Some(db),
                     options,
                     reloader: None,
-                    worker: None,
+                    background: None,
                 }
             }
             Roles::Worker => {
                 let db = open_migrated_database(config).await?;
-                let jobs = Jobs::new(db.clone());
+                // The worker reaches the catalog through the shared database.
+                let background =
+                    Background::new(config, &db, catalog_service(config, &db, false)?)?;
                 let admin =
-                    logicore_gateway::admin_router(vec![database_check(&db)], metrics, None)
-                        .merge(logicore_platform::jobs::admin::router(jobs.clone()));
+                    logicore_gateway::admin_router(vec![database_check(&db)], metrics, None).merge(
+                        logicore_platform::jobs::admin::router(background.jobs.clone()),
+                    );
                 Process {
                     served: vec![bind("admin", config.admin.listen, router_service(admin)).await?],
                     db: Some(db),
                     options,
                     reloader: None,
-                    worker: Some(job_worker(config, jobs)),
+                    background: Some(background),
                 }
             }
             Roles::Catalog => {
                 let db = open_migrated_database(config).await?;
                 // Alone, the catalog verifies forwarded bearer tokens itself against the
                 // users service's JWKS (SPEC §4 "Trust") and guards its writes by role.
-                let (catalog, _) = catalog_router(config, &db, true)?;
+                let (catalog, _) = logicore_catalog::router(catalog_service(config, &db, true)?);
                 let authenticator = Authenticator::new(
                     &issuers(config, None),
                     config.auth.leeway,
@@ -390,7 +409,7 @@ impl Process {
                     db: Some(db),
                     options,
                     reloader: None,
-                    worker: None,
+                    background: None,
                 }
             }
         };
@@ -418,14 +437,14 @@ impl Process {
                 shutdown.clone(),
             )
         });
-        let worker = self
-            .worker
-            .map(|worker| tokio::spawn(worker.run(shutdown.clone())));
+        let background = self
+            .background
+            .map(|background| background.spawn(&shutdown));
         futures_util::future::join_all(servers).await;
-        if let Some(worker) = worker
-            && let Err(err) = worker.await
-        {
-            tracing::error!(error = %err, "the job worker failed");
+        for task in background.into_iter().flatten() {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "a background task failed");
+            }
         }
         if let Some(db) = self.db {
             db.close().await;
@@ -507,17 +526,79 @@ pub async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// The job worker with the handlers of every service's job kinds.
-fn job_worker(config: &Config, jobs: Jobs) -> Worker {
-    Worker::new(
-        jobs,
-        WorkerSettings {
-            concurrency: config.jobs.concurrency,
-            lease: config.jobs.lease,
-            poll_interval: std::time::Duration::from_millis(500),
-            shutdown_grace: config.shutdown_grace,
-        },
-    )
+/// What runs behind the services in `up` and `worker`: the job worker with every service's
+/// job kinds, the event relay, and every service's event consumers.
+struct Background {
+    worker: Worker,
+    jobs: Jobs,
+    bus: Bus,
+    consumers: Vec<Arc<dyn Consumer>>,
+    /// The orders service (its routes in `up`, its jobs everywhere).
+    orders: OrdersService,
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Background")
+            .field("worker", &self.worker)
+            .field("consumers", &self.consumers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Background {
+    fn new(config: &Config, db: &Db, catalog: CatalogService) -> anyhow::Result<Background> {
+        let jobs = Jobs::new(db.clone());
+        let bus = Bus::new(db.clone());
+        let orders = OrdersService::new(
+            OrderStore::new(db.clone()),
+            bus.clone(),
+            jobs.clone(),
+            Arc::new(catalog),
+        );
+        let mut worker = Worker::new(
+            jobs.clone(),
+            WorkerSettings {
+                concurrency: config.jobs.concurrency,
+                lease: config.jobs.lease,
+                poll_interval: std::time::Duration::from_millis(500),
+                shutdown_grace: config.shutdown_grace,
+            },
+        );
+        logicore_orders::register_jobs(&mut worker, &orders);
+        let mailer =
+            logicore_platform::email::Mailer::new(&config.email_url(), &config.email.from)?;
+        logicore_users::notifications::register_jobs(&mut worker, mailer);
+        let consumers: Vec<Arc<dyn Consumer>> = vec![Arc::new(
+            logicore_users::notifications::OrderConfirmations::new(db.clone(), jobs.clone()),
+        )];
+        Ok(Background {
+            worker,
+            jobs,
+            bus,
+            consumers,
+            orders,
+        })
+    }
+
+    /// Starts the worker, the relay and the consumers; they stop with `shutdown` (running
+    /// jobs get the grace period).
+    fn spawn(self, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let settings = BusSettings::default();
+        let mut tasks = vec![
+            tokio::spawn(self.worker.run(shutdown.clone())),
+            tokio::spawn(self.bus.clone().run_relay(settings, shutdown.clone())),
+        ];
+        for consumer in self.consumers {
+            tasks.push(tokio::spawn(self.bus.clone().run_consumer(
+                consumer,
+                settings,
+                shutdown.clone(),
+            )));
+        }
+        tasks
+    }
 }
 
 /// A service's router as its own listener serves it: `/health`, the body limit, request ids
@@ -599,23 +680,18 @@ async fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn catalog_router(
-    config: &Config,
-    db: &Db,
-    guard_writes: bool,
-) -> anyhow::Result<(Router, utoipa::openapi::OpenApi)> {
+fn catalog_service(config: &Config, db: &Db, guard_writes: bool) -> anyhow::Result<CatalogService> {
     let ttl = config.cache.query_ttl;
     let cache = match redis_store(config)? {
         Some(store) => QueryCache::redis(store, "catalog", ttl),
         None => QueryCache::memory("catalog", ttl, config.cache.max_bytes.0),
     };
     let service = CatalogService::new(db.clone()).with_cache(cache);
-    let service = if guard_writes {
+    Ok(if guard_writes {
         service.with_write_guard()
     } else {
         service
-    };
-    Ok(logicore_catalog::router(service))
+    })
 }
 
 fn gateway_router(

@@ -49,3 +49,7 @@ typed_id!(
     /// Identifies a product category.
     CategoryId
 );
+typed_id!(
+    /// Identifies an order.
+    OrderId
+);

@@ -4,5 +4,6 @@
 //! Services depend on this crate and on `platform`, never on each other.
 
 pub mod ids;
+pub mod stock;
 
-pub use ids::{CategoryId, ProductId};
+pub use ids::{CategoryId, OrderId, ProductId};

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod discovery;
+pub mod email;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;

@@ -7,6 +7,8 @@ mod cli;
 mod jobs;
 mod lifecycle;
 mod oauth;
+mod order_faults;
+mod orders;
 mod outage;
 mod providers;
 mod proxy;

@@ -6,7 +6,7 @@ use crate::relay::Relay;
 use crate::support::{Database, Setup, product};
 
 /// Rewrites the host and port of a PostgreSQL URL to go through `relay`.
-fn through(url: &str, relay: &Relay) -> String {
+pub fn through(url: &str, relay: &Relay) -> String {
     let (scheme, rest) = url.split_once("://").expect("URL with a scheme");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let userinfo = authority
@@ -16,7 +16,7 @@ fn through(url: &str, relay: &Relay) -> String {
     format!("{scheme}://{userinfo}{}{path}", relay.addr)
 }
 
-fn backend_addr(url: &str) -> std::net::SocketAddr {
+pub fn backend_addr(url: &str) -> std::net::SocketAddr {
     let rest = url.split_once("://").expect("scheme").1;
     let authority = rest.split('/').next().expect("authority");
     let host_port = authority

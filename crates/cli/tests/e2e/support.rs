@@ -100,6 +100,8 @@ impl Setup {
         command.env("LOGICORE_ADMIN__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_SERVICES__CATALOG__LISTEN", "127.0.0.1:0");
         command.env("LOGICORE_SERVICES__USERS__LISTEN", "127.0.0.1:0");
+        command.env("LOGICORE_SERVICES__ORDERS__LISTEN", "127.0.0.1:0");
+        command.env("LOGICORE_SERVICES__WEBHOOKS__LISTEN", "127.0.0.1:0");
         if let Database::Postgres(url) = &self.database {
             command.env("LOGICORE_DATABASE__URL", url);
         }
@@ -347,4 +349,136 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     let mut reply = Vec::new();
     let _ = tokio::time::timeout(STARTUP, stream.read_to_end(&mut reply)).await;
     String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// A real SMTP server (Python's aiosmtpd, Debian package `python3-aiosmtpd`) on a free port,
+/// keeping every message it accepts in a Maildir.
+pub struct SmtpServer {
+    child: Child,
+    pub port: u16,
+    pub maildir: tempfile::TempDir,
+}
+
+/// An aiosmtpd Maildir handler that waits `delay` seconds before accepting each message.
+const SLOW_MAILBOX: &str = r#"
+import asyncio
+from aiosmtpd.handlers import Mailbox
+
+class SlowMailbox(Mailbox):
+    @classmethod
+    def from_cli(cls, parser, *args):
+        box = cls(args[0])
+        box.delay = float(args[1])
+        return box
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.delay)
+        return await super().handle_DATA(server, session, envelope)
+"#;
+
+impl SmtpServer {
+    pub fn start() -> SmtpServer {
+        SmtpServer::start_slow(Duration::ZERO)
+    }
+
+    /// A server that takes `delay` to accept each message.
+    pub fn start_slow(delay: Duration) -> SmtpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let maildir = tempfile::tempdir().expect("maildir");
+        std::fs::write(maildir.path().join("slowbox.py"), SLOW_MAILBOX).expect("handler");
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "slowbox.SlowMailbox"])
+            .arg(maildir.path().join("mail"))
+            .arg(delay.as_secs_f64().to_string())
+            .env("PYTHONPATH", maildir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 with aiosmtpd (apt-get install python3-aiosmtpd)");
+        let server = SmtpServer {
+            child,
+            port,
+            maildir,
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("aiosmtpd did not listen on {port} (is python3-aiosmtpd installed?)");
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message received so far (raw RFC 5322 text).
+    pub fn messages(&self) -> Vec<String> {
+        let mut messages = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = std::fs::read_dir(self.maildir.path().join("mail").join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                messages.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        messages
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of header `name` in a raw message.
+pub fn header_value(message: &str, name: &str) -> Option<String> {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    message
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .find(|line| line.to_ascii_lowercase().starts_with(&prefix))
+        .map(|line| line[prefix.len()..].trim().to_owned())
+}
+
+/// Registers and signs in a customer; returns their access token.
+pub async fn customer_token(platform: &Platform, email: &str) -> String {
+    let account =
+        serde_json::json!({"email": email, "password": "customer password", "name": "Customer"});
+    let (status, body) = platform.post_json("/api/v1/auth/register", &account).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    let (status, tokens) = platform
+        .post_json(
+            "/api/v1/auth/login",
+            &serde_json::json!({"email": email, "password": "customer password"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{tokens}");
+    tokens["access_token"].as_str().expect("token").to_owned()
+}
+
+/// Polls `check` every 50 ms for up to `seconds`; panics saying `what` when it never holds.
+pub async fn eventually<T>(
+    what: &str,
+    seconds: u64,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -86,30 +86,40 @@ impl Bus {
     /// Publishes up to `limit` committed events (gives them their log positions); returns
     /// how many.
     pub async fn relay_once(&self, limit: u32) -> Result<u64, sqlx::Error> {
-        let pending = Query::select()
-            .column(OutboxColumn::Seq)
-            .from(OutboxColumn::Table)
-            .and_where(Expr::col(OutboxColumn::Position).is_null())
-            .order_by(OutboxColumn::Seq, Order::Asc)
-            .limit(u64::from(limit))
-            .to_owned();
         let mut tx = self.db.begin().await?;
-        let position = match tx.backend() {
+        let published = match tx.backend() {
             // The writer is single, so sequence numbers already follow commit order.
-            Backend::Sqlite => Expr::col(OutboxColumn::Seq),
+            Backend::Sqlite => {
+                let pending = Query::select()
+                    .column(OutboxColumn::Seq)
+                    .from(OutboxColumn::Table)
+                    .and_where(Expr::col(OutboxColumn::Position).is_null())
+                    .order_by(OutboxColumn::Seq, Order::Asc)
+                    .limit(u64::from(limit))
+                    .to_owned();
+                let publish = Query::update()
+                    .table(OutboxColumn::Table)
+                    .value(OutboxColumn::Position, Expr::col(OutboxColumn::Seq))
+                    .value(OutboxColumn::PublishedAt, now())
+                    .and_where(Expr::col(OutboxColumn::Seq).in_subquery(pending))
+                    .to_owned();
+                tx.execute(&publish).await?
+            }
+            // Relays take turns (the lock is held to the commit), so positions become visible
+            // in order; within a batch they follow the write order (PostgreSQL evaluates the
+            // volatile nextval() after ORDER BY and LIMIT).
             Backend::Postgres => {
                 tx.execute_script(&format!("SELECT pg_advisory_xact_lock({RELAY_LOCK})"))
                     .await?;
-                Expr::cust("nextval('outbox_position_seq')")
+                tx.execute_script(&format!(
+                    "UPDATE outbox SET position = numbered.position, published_at = now() \
+                     FROM (SELECT seq, nextval('outbox_position_seq') AS position FROM outbox \
+                           WHERE position IS NULL ORDER BY seq LIMIT {limit}) AS numbered \
+                     WHERE outbox.seq = numbered.seq"
+                ))
+                .await?
             }
         };
-        let publish = Query::update()
-            .table(OutboxColumn::Table)
-            .value(OutboxColumn::Position, position)
-            .value(OutboxColumn::PublishedAt, now())
-            .and_where(Expr::col(OutboxColumn::Seq).in_subquery(pending))
-            .to_owned();
-        let published = tx.execute(&publish).await?;
         tx.commit().await?;
         if published > 0 {
             metrics::counter!("bus_events_published_total").increment(published);
@@ -231,6 +241,7 @@ impl Bus {
             return Ok(0);
         }
         tx.commit().await?;
+        consumer.committed();
         Ok(read)
     }
 

@@ -198,6 +198,10 @@ pub trait Consumer: Send + Sync + 'static {
 
     /// Handles one event inside `tx`.
     fn handle<'a>(&'a self, tx: &'a mut Tx, event: &'a Event) -> ConsumeFuture<'a>;
+
+    /// Called after a transaction with this consumer's effects committed (to wake the job
+    /// worker for the jobs it enqueued, say).
+    fn committed(&self) {}
 }
 
 /// Whether `consumer` wants events of `event_type`.

@@ -427,10 +427,11 @@ fn validate_backends(config: &Config) -> Result<(), ConfigError> {
         check_scheme(
             "email.url",
             &config.email.url,
-            &["file"],
-            &["smtp", "smtps"],
+            &["file", "smtp", "smtps"],
+            &[],
         )?;
     }
+    crate::email::Mailer::check(&config.email_url(), &config.email.from)?;
     for (service, instances) in &config.discovery.static_instances {
         for (index, instance) in instances.iter().enumerate() {
             if !is_http_url(instance) {

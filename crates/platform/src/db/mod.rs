@@ -280,18 +280,15 @@ impl Tx {
         Ok(self.fetch_all(statement).await?.into_iter().next())
     }
 
-    /// Runs raw SQL (several statements allowed); for migrations and dialect helpers.
-    pub async fn execute_script(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+    /// Runs raw SQL (several statements allowed) for migrations and dialect helpers; returns
+    /// the rows affected.
+    pub async fn execute_script(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
         let sql = AssertSqlSafe(sql.to_owned());
-        match &mut self.inner {
-            TxInner::Sqlite(tx) => {
-                sqlx::raw_sql(sql).execute(&mut **tx).await?;
-            }
-            TxInner::Postgres(tx) => {
-                sqlx::raw_sql(sql).execute(&mut **tx).await?;
-            }
-        }
-        Ok(())
+        let affected = match &mut self.inner {
+            TxInner::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await?.rows_affected(),
+            TxInner::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await?.rows_affected(),
+        };
+        Ok(affected)
     }
 
     /// Returns which backend this transaction runs on.

@@ -28,6 +28,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: the request conflicts with the current state.
     Conflict,
+    /// 422: an `Idempotency-Key` was reused with a different request body.
+    IdempotencyKeyReused,
     /// 401: no valid credentials.
     Unauthorized,
     /// 403: valid credentials without the needed role.
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -83,6 +86,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not-found",
             ErrorCode::MethodNotAllowed => "method-not-allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::IdempotencyKeyReused => "idempotency-key-reused",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate-limited",
@@ -106,6 +110,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "Not found",
             ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::Conflict => "Conflict",
+            ErrorCode::IdempotencyKeyReused => "Idempotency key reused",
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::Forbidden => "Forbidden",
             ErrorCode::RateLimited => "Too many requests",

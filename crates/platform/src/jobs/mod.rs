@@ -306,6 +306,17 @@ impl Jobs {
         Ok((inserted == 1).then_some(id))
     }
 
+    /// Deletes the waiting job with `unique_key` inside `tx` (a timeout that is no longer
+    /// needed); false when there is none waiting.
+    pub async fn cancel(&self, tx: &mut Tx, unique_key: &str) -> Result<bool, sqlx::Error> {
+        let delete = Query::delete()
+            .from_table(JobColumn::Table)
+            .and_where(Expr::col(JobColumn::UniqueKey).eq(unique_key))
+            .and_where(Expr::col(JobColumn::State).eq(JobState::Available.as_str()))
+            .to_owned();
+        Ok(tx.execute(&delete).await? == 1)
+    }
+
     /// Enqueues `job` in a transaction of its own and wakes this process's workers.
     pub async fn enqueue_now(&self, job: NewJob) -> Result<Option<Uuid>, sqlx::Error> {
         let mut tx = self.db.begin().await?;

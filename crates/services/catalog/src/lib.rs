@@ -9,6 +9,7 @@ pub mod dto;
 pub mod error;
 pub mod http;
 pub mod service;
+pub mod stock;
 pub mod store;
 
 use axum::Router;
@@ -29,12 +30,20 @@ pub const SERVICE_NAME: &str = "catalog";
 pub const BUILT_IN_ROUTES: [&str; 2] = ["/api/v1/products", "/api/v1/product-categories"];
 
 /// The catalog's schema history.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112501,
-    name: "catalog: categories and products",
-    sqlite: include_str!("../migrations/sqlite/2026112501_catalog.sql"),
-    postgres: include_str!("../migrations/postgres/2026112501_catalog.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112501,
+        name: "catalog: categories and products",
+        sqlite: include_str!("../migrations/sqlite/2026112501_catalog.sql"),
+        postgres: include_str!("../migrations/postgres/2026112501_catalog.sql"),
+    },
+    Migration {
+        version: 2026112612,
+        name: "catalog: stock reservations of orders",
+        sqlite: include_str!("../migrations/sqlite/2026112612_reservations.sql"),
+        postgres: include_str!("../migrations/postgres/2026112612_reservations.sql"),
+    },
+];
 
 #[derive(OpenApi)]
 #[openapi(tags((name = "catalog", description = "Products and product categories")))]

@@ -1,7 +1,8 @@
 //! Catalog operations: the rules that span a request (ids, timestamps, lookups by slug).
 
 use chrono::{DateTime, SubsecRound, Utc};
-use logicore_contracts::{CategoryId, ProductId};
+use logicore_contracts::stock::{ReserveLine, ReservedLine, StockError};
+use logicore_contracts::{CategoryId, OrderId, ProductId};
 use logicore_platform::cache::QueryCache;
 use logicore_platform::db::Db;
 use logicore_platform::http::{Page, PageRequest, Problem, pagination};
@@ -9,7 +10,7 @@ use uuid::Uuid;
 
 use crate::domain::{Category, CategoryFields, Product, ProductFields};
 use crate::error::CatalogError;
-use crate::store::CatalogStore;
+use crate::store::{CatalogStore, ReserveFailure};
 
 /// How `GET /products?category=` names the category.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +215,47 @@ impl CatalogService {
             return Err(CatalogError::NotFound("product"));
         }
         self.invalidate(product_key(id)).await;
+        Ok(())
+    }
+}
+
+impl CatalogService {
+    /// Reserves stock for an order (see [`logicore_contracts::stock::Stock`]); the cached
+    /// products whose stock changed are invalidated after the commit.
+    pub async fn reserve_stock(
+        &self,
+        order: OrderId,
+        lines: &[ReserveLine],
+    ) -> Result<Vec<ReservedLine>, StockError> {
+        match self.store.reserve(order, lines, now()).await {
+            Ok(reserved) => {
+                for line in &reserved {
+                    self.invalidate(product_key(line.product_id)).await;
+                }
+                Ok(reserved)
+            }
+            Err(ReserveFailure::Unknown(line)) => Err(StockError::UnknownProduct { line }),
+            Err(ReserveFailure::Short(line, available)) => {
+                Err(StockError::Insufficient { line, available })
+            }
+            Err(ReserveFailure::Storage(err)) => Err(StockError::Unavailable {
+                message: err.to_string(),
+            }),
+        }
+    }
+
+    /// Gives an order's reserved stock back.
+    pub async fn release_stock(&self, order: OrderId) -> Result<(), StockError> {
+        let released =
+            self.store
+                .release(order, now())
+                .await
+                .map_err(|err| StockError::Unavailable {
+                    message: err.to_string(),
+                })?;
+        for product in released {
+            self.invalidate(product_key(product)).await;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Catalog storage: the only place with SQL. Constraint violations become domain errors here.
 
 use chrono::{DateTime, Utc};
-use logicore_contracts::{CategoryId, ProductId};
+use logicore_contracts::stock::{ReserveLine, ReservedLine};
+use logicore_contracts::{CategoryId, OrderId, ProductId};
 use logicore_platform::db::{self, Db, Tx, Violation};
 use sea_query::{Expr, ExprTrait, Iden, Order, Query, SelectStatement};
 use uuid::Uuid;
@@ -351,4 +352,208 @@ fn select_products() -> SelectStatement {
         ])
         .from(Products::Table)
         .to_owned()
+}
+
+#[derive(Iden, Clone, Copy)]
+enum StockReservations {
+    Table,
+    OrderId,
+    Line,
+    ProductId,
+    Quantity,
+    Sku,
+    Name,
+    UnitPriceCents,
+    Currency,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ReservationRow {
+    product_id: Uuid,
+    quantity: i32,
+    sku: String,
+    name: String,
+    unit_price_cents: i64,
+    currency: String,
+}
+
+impl From<ReservationRow> for ReservedLine {
+    fn from(row: ReservationRow) -> ReservedLine {
+        ReservedLine {
+            product_id: ProductId(row.product_id),
+            sku: row.sku,
+            name: row.name,
+            quantity: u32::try_from(row.quantity).unwrap_or(0),
+            unit_price_cents: row.unit_price_cents,
+            currency: row.currency,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct TakenRow {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    currency: String,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct StockRow {
+    stock: i64,
+}
+
+/// Why a reservation could not be made.
+#[derive(Debug)]
+pub enum ReserveFailure {
+    /// A line's product does not exist.
+    Unknown(usize),
+    /// A line asks for more than is in stock.
+    Short(usize, i64),
+    /// The database failed.
+    Storage(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ReserveFailure {
+    fn from(error: sqlx::Error) -> Self {
+        ReserveFailure::Storage(error)
+    }
+}
+
+fn reservation_lines(order: OrderId) -> SelectStatement {
+    Query::select()
+        .columns([
+            StockReservations::ProductId,
+            StockReservations::Quantity,
+            StockReservations::Sku,
+            StockReservations::Name,
+            StockReservations::UnitPriceCents,
+            StockReservations::Currency,
+        ])
+        .from(StockReservations::Table)
+        .and_where(Expr::col(StockReservations::OrderId).eq(order.as_uuid()))
+        .order_by(StockReservations::Line, Order::Asc)
+        .to_owned()
+}
+
+impl CatalogStore {
+    /// Takes `lines` out of stock for `order` in one transaction (all or nothing) and records
+    /// the reservation; returns the recorded lines when `order` already has a reservation.
+    pub async fn reserve(
+        &self,
+        order: OrderId,
+        lines: &[ReserveLine],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ReservedLine>, ReserveFailure> {
+        let mut tx = self.db.begin().await?;
+        let existing: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
+        if !existing.is_empty() {
+            return Ok(existing.into_iter().map(ReservedLine::from).collect());
+        }
+        // Products are taken in id order so two orders never wait on each other in a cycle.
+        let mut by_product: Vec<(usize, &ReserveLine)> = lines.iter().enumerate().collect();
+        by_product.sort_by_key(|(_, line)| line.product_id);
+        let mut reserved = vec![None; lines.len()];
+        for (index, line) in by_product {
+            let take = Query::update()
+                .table(Products::Table)
+                .value(
+                    Products::Stock,
+                    Expr::col(Products::Stock).sub(i64::from(line.quantity)),
+                )
+                .value(Products::UpdatedAt, now)
+                .and_where(Expr::col(Products::Id).eq(line.product_id.as_uuid()))
+                .and_where(Expr::col(Products::Stock).gte(i64::from(line.quantity)))
+                .returning(Query::returning().columns([
+                    Products::Sku,
+                    Products::Name,
+                    Products::PriceCents,
+                    Products::Currency,
+                ]))
+                .to_owned();
+            let taken: Option<TakenRow> = tx.fetch_optional(&take).await?;
+            let Some(taken) = taken else {
+                let left = Query::select()
+                    .column(Products::Stock)
+                    .from(Products::Table)
+                    .and_where(Expr::col(Products::Id).eq(line.product_id.as_uuid()))
+                    .to_owned();
+                let left: Option<StockRow> = tx.fetch_optional(&left).await?;
+                return Err(match left {
+                    None => ReserveFailure::Unknown(index),
+                    Some(row) => ReserveFailure::Short(index, row.stock),
+                });
+            };
+            reserved[index] = Some(ReservedLine {
+                product_id: line.product_id,
+                sku: taken.sku,
+                name: taken.name,
+                quantity: line.quantity,
+                unit_price_cents: taken.price_cents,
+                currency: taken.currency,
+            });
+        }
+        let reserved: Vec<ReservedLine> = reserved.into_iter().flatten().collect();
+        let mut insert = Query::insert()
+            .into_table(StockReservations::Table)
+            .columns([
+                StockReservations::OrderId,
+                StockReservations::Line,
+                StockReservations::ProductId,
+                StockReservations::Quantity,
+                StockReservations::Sku,
+                StockReservations::Name,
+                StockReservations::UnitPriceCents,
+                StockReservations::Currency,
+            ])
+            .to_owned();
+        for (index, line) in reserved.iter().enumerate() {
+            insert.values_panic([
+                order.as_uuid().into(),
+                i32::try_from(index).unwrap_or(i32::MAX).into(),
+                line.product_id.as_uuid().into(),
+                i32::try_from(line.quantity).unwrap_or(i32::MAX).into(),
+                line.sku.clone().into(),
+                line.name.clone().into(),
+                line.unit_price_cents.into(),
+                line.currency.clone().into(),
+            ]);
+        }
+        tx.execute(&insert).await?;
+        tx.commit().await?;
+        Ok(reserved)
+    }
+
+    /// Puts `order`'s reserved units back and forgets the reservation; returns the products
+    /// whose stock changed.
+    pub async fn release(
+        &self,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ProductId>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let lines: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
+        for line in &lines {
+            let give_back = Query::update()
+                .table(Products::Table)
+                .value(
+                    Products::Stock,
+                    Expr::col(Products::Stock).add(i64::from(line.quantity)),
+                )
+                .value(Products::UpdatedAt, now)
+                .and_where(Expr::col(Products::Id).eq(line.product_id))
+                .to_owned();
+            tx.execute(&give_back).await?;
+        }
+        let forget = Query::delete()
+            .from_table(StockReservations::Table)
+            .and_where(Expr::col(StockReservations::OrderId).eq(order.as_uuid()))
+            .to_owned();
+        tx.execute(&forget).await?;
+        tx.commit().await?;
+        Ok(lines
+            .into_iter()
+            .map(|line| ProductId(line.product_id))
+            .collect())
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod http;
+pub mod notifications;
 pub mod oauth;
 pub mod payment;
 pub mod providers;

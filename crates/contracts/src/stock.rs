@@ -1,0 +1,83 @@
+//! Stock reservations: what the orders service asks of the catalog.
+//!
+//! The catalog implements [`Stock`]; the assembly hands the orders service either the
+//! catalog itself (same process) or a client that calls it over HTTP. A reservation is keyed
+//! by the order id, all-or-nothing, and idempotent: reserving again for the same order
+//! returns the same lines without taking more stock, and releasing twice gives back once.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{OrderId, ProductId};
+
+/// One line to reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveLine {
+    /// The product.
+    pub product_id: ProductId,
+    /// Units (≥ 1).
+    pub quantity: u32,
+}
+
+/// One reserved line with the product as it was when reserved (the price the order keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedLine {
+    /// The product.
+    pub product_id: ProductId,
+    /// Its SKU.
+    pub sku: String,
+    /// Its name.
+    pub name: String,
+    /// Units reserved.
+    pub quantity: u32,
+    /// Unit price in minor units.
+    pub unit_price_cents: i64,
+    /// ISO 4217 currency of the price.
+    pub currency: String,
+}
+
+/// Why a reservation was refused or could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
+pub enum StockError {
+    /// No product has this id (`line` is its index in the request).
+    #[error("no product has this id")]
+    UnknownProduct {
+        /// Index of the line.
+        line: usize,
+    },
+    /// Fewer units in stock than asked.
+    #[error("not enough stock")]
+    Insufficient {
+        /// Index of the line.
+        line: usize,
+        /// Units left.
+        available: i64,
+    },
+    /// The catalog could not be reached or failed; nothing was reserved, or the same call
+    /// may be repeated safely.
+    #[error("the catalog is unavailable: {message}")]
+    Unavailable {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The future of a [`Stock`] call.
+pub type StockFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StockError>> + Send + 'a>>;
+
+/// Stock levels, as the orders service sees them.
+pub trait Stock: Send + Sync + 'static {
+    /// Takes `lines` out of stock for `order`, all or nothing; repeating it for the same order
+    /// returns the first reservation.
+    fn reserve<'a>(
+        &'a self,
+        order: OrderId,
+        lines: &'a [ReserveLine],
+    ) -> StockFuture<'a, Vec<ReservedLine>>;
+
+    /// Puts what was reserved for `order` back in stock (a no-op when nothing is reserved).
+    fn release(&self, order: OrderId) -> StockFuture<'_, ()>;
+}
