@@ -188,6 +188,21 @@ impl Db {
         })
     }
 
+    /// Runs a maintenance statement outside any transaction (`VACUUM` on PostgreSQL, which
+    /// refuses to run inside one; on SQLite through the writer).
+    pub async fn maintain(&self, sql: &str) -> Result<(), sqlx::Error> {
+        let sql = AssertSqlSafe(sql.to_owned());
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => {
+                sqlx::raw_sql(sql).execute(writer).await?;
+            }
+            Pools::Postgres(pool) => {
+                sqlx::raw_sql(sql).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Closes every connection (waits for checked-out ones to come back).
     pub async fn close(&self) {
         match &self.pools {

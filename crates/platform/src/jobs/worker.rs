@@ -9,7 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -162,13 +163,15 @@ impl Worker {
         ));
         let mut running = tokio::task::JoinSet::new();
         tracing::info!(worker = %worker, kinds = ?kinds, concurrency = settings.concurrency, "worker started");
+        // Claim in batches: wait until a quarter of the slots are free (every slot when the
+        // worker is idle), so a busy worker does not claim one job per transaction.
+        let batch_floor = Ord::max(settings.concurrency / 4, 1);
         loop {
-            // Wait for a free slot, then claim as many jobs as there are free slots.
             let free = tokio::select! {
                 () = shutdown.cancelled() => break,
-                permit = Arc::clone(&permits).acquire_owned() => {
-                    let Ok(permit) = permit else { break };
-                    drop(permit);
+                held = Arc::clone(&permits).acquire_many_owned(batch_floor) => {
+                    let Ok(permits_held) = held else { break };
+                    drop(permits_held);
                     permits.available_permits()
                 }
             };
@@ -195,29 +198,41 @@ impl Worker {
                 }
                 continue;
             }
+            // One task per claimed batch runs its jobs concurrently: a task per job would
+            // wake another runtime thread for every job, which costs more than a no-op job.
+            let mut batch = Vec::with_capacity(claimed.len());
             for job in claimed {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     break;
                 };
-                let Some((handler, _)) = handlers.get(&job.kind) else {
-                    continue;
-                };
-                let handler = Arc::clone(handler);
-                let outcomes = outcomes.clone();
-                running.spawn(async move {
-                    let started = Instant::now();
-                    let result = AssertUnwindSafe(handler(job.clone()))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|_| Err(JobError::Retry("the handler panicked".into())));
-                    let _ = outcomes.send(Outcome {
-                        job,
-                        result,
-                        took: started.elapsed(),
-                    });
-                    drop(permit);
-                });
+                if let Some((handler, _)) = handlers.get(&job.kind) {
+                    batch.push((job, Arc::clone(handler), permit));
+                }
             }
+            let outcomes = outcomes.clone();
+            running.spawn(async move {
+                let mut jobs: FuturesUnordered<_> = batch
+                    .into_iter()
+                    .map(|(job, handler, permit)| async move {
+                        let started = Instant::now();
+                        let result = AssertUnwindSafe(handler(job.clone()))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(JobError::Retry("the handler panicked".into()))
+                            });
+                        drop(permit);
+                        Outcome {
+                            job,
+                            result,
+                            took: started.elapsed(),
+                        }
+                    })
+                    .collect();
+                while let Some(outcome) = jobs.next().await {
+                    let _ = outcomes.send(outcome);
+                }
+            });
             // Reap finished tasks so the set does not grow.
             while running.try_join_next().is_some() {}
         }
@@ -309,6 +324,7 @@ async fn complete_batches(
         if let Err(err) = jobs.complete(&worker, &done).await {
             tracing::error!(error = %err, jobs = done.len(), "cannot mark jobs completed; they will run again when their leases expire");
         }
+        jobs.after_finishing(done.len() as u64).await;
     }
 }
 
