@@ -7,6 +7,8 @@
 #   bench/orders/run.sh                    # both databases
 #   BACKENDS=sqlite bench/orders/run.sh    # one
 #   DURATION=30 CONNECTIONS=16 ...         # wrk settings (defaults shown)
+#   PROFILE=1 ...                          # then perf-record the platform under load
+#                                          # into $PROFILE_DIR/orders-<backend>.perf (/tmp)
 #
 # Needs wrk (installed with apt-get when missing), psql and pgbench, and a PostgreSQL at
 # PGURL (default postgres://postgres@127.0.0.1:5432/postgres) for the postgres run.
@@ -91,6 +93,14 @@ LUA
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$data/orders.lua" "http://$GATEWAY" | tee "$data/wrk.txt"
   local jobs; jobs="$(curl -sf http://127.0.0.1:19080/admin/jobs?limit=1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])')"
   echo "jobs after the run: $jobs"
+  if [ -n "${PROFILE:-}" ]; then
+    echo "profiling the platform for 10 s under the same load"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d14s -s "$data/orders.lua" "http://$GATEWAY" >/dev/null &
+    local load=$!
+    sleep 2
+    perf record -F 999 -g -p "$pid" -o "${PROFILE_DIR:-/tmp}/orders-$backend.perf" -- sleep 10 >/dev/null 2>&1
+    wait "$load" || true
+  fi
   kill -TERM "$pid"; wait "$pid" || true
   if [ "$backend" = postgres ]; then psql -q "$PGURL" -c "DROP DATABASE IF EXISTS logicore_orders_bench"; fi
 }

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use logicore_platform::db::Tx;
 use serde::{Deserialize, Serialize};
 
 use crate::{OrderId, ProductId};
@@ -80,4 +81,33 @@ pub trait Stock: Send + Sync + 'static {
 
     /// Puts what was reserved for `order` back in stock (a no-op when nothing is reserved).
     fn release(&self, order: OrderId) -> StockFuture<'_, ()>;
+
+    /// Reserves inside the caller's transaction when the stock is kept in the caller's
+    /// database (the catalog in the same process); `None` when it is elsewhere and the
+    /// caller must use [`Stock::reserve`] around its own transaction. After an error the
+    /// caller rolls its transaction back; after its commit it calls [`Stock::committed`].
+    fn reserve_in<'a>(
+        &'a self,
+        _tx: &'a mut Tx,
+        _order: OrderId,
+        _lines: &'a [ReserveLine],
+    ) -> Option<StockFuture<'a, Vec<ReservedLine>>> {
+        None
+    }
+
+    /// Releases inside the caller's transaction, like [`Stock::reserve_in`]; returns the
+    /// products whose stock changed.
+    fn release_in<'a>(
+        &'a self,
+        _tx: &'a mut Tx,
+        _order: OrderId,
+    ) -> Option<StockFuture<'a, Vec<ProductId>>> {
+        None
+    }
+
+    /// Tells the stock's owner that a transaction of the caller changed the stock of
+    /// `products` and committed (cached copies must go).
+    fn committed<'a>(&'a self, _products: &'a [ProductId]) -> StockFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }

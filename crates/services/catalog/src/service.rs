@@ -4,7 +4,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use logicore_contracts::stock::{ReserveLine, ReservedLine, StockError};
 use logicore_contracts::{CategoryId, OrderId, ProductId};
 use logicore_platform::cache::QueryCache;
-use logicore_platform::db::Db;
+use logicore_platform::db::{Db, Tx};
 use logicore_platform::http::{Page, PageRequest, Problem, pagination};
 use uuid::Uuid;
 
@@ -234,13 +234,38 @@ impl CatalogService {
                 }
                 Ok(reserved)
             }
-            Err(ReserveFailure::Unknown(line)) => Err(StockError::UnknownProduct { line }),
-            Err(ReserveFailure::Short(line, available)) => {
-                Err(StockError::Insufficient { line, available })
-            }
-            Err(ReserveFailure::Storage(err)) => Err(StockError::Unavailable {
+            Err(failure) => Err(stock_error(failure)),
+        }
+    }
+
+    /// Reserves inside the caller's transaction (same database); see
+    /// [`logicore_contracts::stock::Stock::reserve_in`].
+    pub async fn reserve_stock_in(
+        tx: &mut Tx,
+        order: OrderId,
+        lines: &[ReserveLine],
+    ) -> Result<Vec<ReservedLine>, StockError> {
+        CatalogStore::reserve_in(tx, order, lines, now())
+            .await
+            .map_err(stock_error)
+    }
+
+    /// Releases inside the caller's transaction (same database).
+    pub async fn release_stock_in(
+        tx: &mut Tx,
+        order: OrderId,
+    ) -> Result<Vec<ProductId>, StockError> {
+        CatalogStore::release_in(tx, order, now())
+            .await
+            .map_err(|err| StockError::Unavailable {
                 message: err.to_string(),
-            }),
+            })
+    }
+
+    /// Drops the cached copies of products whose stock changed in a committed transaction.
+    pub async fn stock_committed(&self, products: &[ProductId]) {
+        for product in products {
+            self.invalidate(product_key(*product)).await;
         }
     }
 
@@ -257,6 +282,16 @@ impl CatalogService {
             self.invalidate(product_key(product)).await;
         }
         Ok(())
+    }
+}
+
+fn stock_error(failure: ReserveFailure) -> StockError {
+    match failure {
+        ReserveFailure::Unknown(line) => StockError::UnknownProduct { line },
+        ReserveFailure::Short(line, available) => StockError::Insufficient { line, available },
+        ReserveFailure::Storage(err) => StockError::Unavailable {
+            message: err.to_string(),
+        },
     }
 }
 

@@ -446,6 +446,18 @@ impl CatalogStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<ReservedLine>, ReserveFailure> {
         let mut tx = self.db.begin().await?;
+        let reserved = Self::reserve_in(&mut tx, order, lines, now).await?;
+        tx.commit().await?;
+        Ok(reserved)
+    }
+
+    /// [`CatalogStore::reserve`] inside the caller's transaction (nothing is committed).
+    pub async fn reserve_in(
+        tx: &mut Tx,
+        order: OrderId,
+        lines: &[ReserveLine],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ReservedLine>, ReserveFailure> {
         let existing: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
         if !existing.is_empty() {
             return Ok(existing.into_iter().map(ReservedLine::from).collect());
@@ -520,7 +532,6 @@ impl CatalogStore {
             ]);
         }
         tx.execute(&insert).await?;
-        tx.commit().await?;
         Ok(reserved)
     }
 
@@ -532,6 +543,17 @@ impl CatalogStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<ProductId>, sqlx::Error> {
         let mut tx = self.db.begin().await?;
+        let released = Self::release_in(&mut tx, order, now).await?;
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    /// [`CatalogStore::release`] inside the caller's transaction (nothing is committed).
+    pub async fn release_in(
+        tx: &mut Tx,
+        order: OrderId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ProductId>, sqlx::Error> {
         let lines: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
         for line in &lines {
             let give_back = Query::update()
@@ -550,7 +572,6 @@ impl CatalogStore {
             .and_where(Expr::col(StockReservations::OrderId).eq(order.as_uuid()))
             .to_owned();
         tx.execute(&forget).await?;
-        tx.commit().await?;
         Ok(lines
             .into_iter()
             .map(|line| ProductId(line.product_id))

@@ -1,7 +1,11 @@
 //! Order operations.
 //!
-//! Creating an order is a small saga over two services, made crash-safe with the durable
-//! job queue:
+//! Where the catalog keeps its stock in this process's database (`logicore up`, and the
+//! worker), placing an order is one transaction: reserve the stock, write the order and its
+//! `order.created` event, commit — all or nothing.
+//!
+//! When the catalog is elsewhere, creating an order is a small saga over two services, made
+//! crash-safe with the durable job queue:
 //! 1. one transaction writes the order as `pending` (holding the caller's `Idempotency-Key`)
 //!    together with an `orders.abandon` job due after [`ABANDON_AFTER`];
 //! 2. the catalog reserves the stock for the order id (all or nothing, idempotent);
@@ -17,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use logicore_contracts::OrderId;
-use logicore_contracts::stock::{ReservedLine, Stock, StockError};
+use logicore_contracts::stock::{ReserveLine, ReservedLine, Stock, StockError};
 use logicore_platform::auth::{Permission, Principal};
 use logicore_platform::bus::{Bus, NewEvent};
 use logicore_platform::db::Tx;
@@ -132,7 +136,7 @@ impl OrdersService {
             .parse()
             .map_err(OrderError::Invalid)?;
         let created = now();
-        let mut order = Order {
+        let order = Order {
             id: OrderId::generate(),
             user_id: caller.subject.clone(),
             status: OrderStatus::Pending,
@@ -143,32 +147,77 @@ impl OrdersService {
             created_at: created,
             updated_at: created,
         };
+        let mut tx = self.store.db().begin().await?;
+        let reserved_here = match self.stock.reserve_in(&mut tx, order.id, &input.lines) {
+            Some(reserving) => Some(reserving.await),
+            None => None,
+        };
+        match reserved_here {
+            Some(reserved) => {
+                let reserved = reserved.map_err(stock_error)?;
+                self.create_at_once(tx, order, &reserved, caller, key, &hash)
+                    .await
+            }
+            None => {
+                drop(tx);
+                self.create_by_saga(order, &input.lines, caller, key, &hash)
+                    .await
+            }
+        }
+    }
 
+    /// The order, its stock reservation (already in `tx`) and its event, in one commit.
+    async fn create_at_once(
+        &self,
+        mut tx: Tx,
+        mut order: Order,
+        reserved: &[ReservedLine],
+        caller: &Principal,
+        key: Option<&str>,
+        hash: &str,
+    ) -> Result<Created, OrderError> {
+        price(&mut order, reserved)?;
+        if let Inserted::KeyTaken = self.store.insert(&mut tx, &order, key, hash).await? {
+            // Another request with this key committed first: roll back, answer with its order.
+            drop(tx);
+            return self.replay_key(caller, key, hash).await;
+        }
+        self.publish(&mut tx, "order.created", &order).await?;
+        tx.commit().await?;
+        self.bus.wake();
+        let products: Vec<_> = reserved.iter().map(|line| line.product_id).collect();
+        let _ = self.stock.committed(&products).await;
+        metrics::counter!("orders_created_total").increment(1);
+        Ok(Created {
+            order,
+            replayed: false,
+        })
+    }
+
+    /// The saga of the module documentation, for a catalog in another process.
+    async fn create_by_saga(
+        &self,
+        mut order: Order,
+        lines: &[ReserveLine],
+        caller: &Principal,
+        key: Option<&str>,
+        hash: &str,
+    ) -> Result<Created, OrderError> {
         // 1. The pending order and its timeout.
         let mut tx = self.store.db().begin().await?;
-        if let Inserted::KeyTaken = self
-            .store
-            .insert_pending(&mut tx, &order, key, &hash)
-            .await?
-        {
+        if let Inserted::KeyTaken = self.store.insert(&mut tx, &order, key, hash).await? {
             drop(tx);
-            let key = key.unwrap_or_default();
-            return match self.store.by_key(&caller.subject, key).await? {
-                Some(stored) => replay(stored, &hash),
-                None => Err(OrderError::Conflict(
-                    "a request with this Idempotency-Key is being processed; retry".into(),
-                )),
-            };
+            return self.replay_key(caller, key, hash).await;
         }
         let abandon = NewJob::new(ABANDON_JOB, json!({ "order_id": order.id }))
-            .at(created + chrono::Duration::from_std(ABANDON_AFTER).unwrap_or_default())
+            .at(order.created_at + chrono::Duration::from_std(ABANDON_AFTER).unwrap_or_default())
             .unique(abandon_key(order.id))
             .max_attempts(25);
         self.jobs.enqueue(&mut tx, abandon).await?;
         tx.commit().await?;
 
         // 2. The stock.
-        let reserved = match self.stock.reserve(order.id, &input.lines).await {
+        let reserved = match self.stock.reserve(order.id, lines).await {
             Ok(reserved) => reserved,
             Err(error) => {
                 if matches!(error, StockError::Unavailable { .. }) {
@@ -181,27 +230,14 @@ impl OrdersService {
                 return Err(stock_error(error));
             }
         };
-        let lines = match priced_lines(&reserved) {
-            Ok(lines) => lines,
-            Err(error) => {
-                if self.stock.release(order.id).await.is_ok() {
-                    self.forget_pending(order.id).await;
-                }
-                return Err(error);
+        if let Err(error) = price(&mut order, &reserved) {
+            if self.stock.release(order.id).await.is_ok() {
+                self.forget_pending(order.id).await;
             }
-        };
+            return Err(error);
+        }
 
         // 3. The order, its event, no more timeout.
-        order.total_cents = lines
-            .iter()
-            .map(|line| line.unit_price_cents * i64::from(line.quantity))
-            .sum();
-        order.currency = reserved
-            .first()
-            .map(|line| line.currency.clone())
-            .unwrap_or_default();
-        order.items = lines;
-        order.status = OrderStatus::Created;
         let completed = async {
             let mut tx = self.store.db().begin().await?;
             if !self.store.complete(&mut tx, &order).await? {
@@ -232,6 +268,22 @@ impl OrdersService {
                 }
                 Err(OrderError::Storage(err))
             }
+        }
+    }
+
+    /// The answer for a key another request holds: its order, or "being processed".
+    async fn replay_key(
+        &self,
+        caller: &Principal,
+        key: Option<&str>,
+        hash: &str,
+    ) -> Result<Created, OrderError> {
+        let key = key.unwrap_or_default();
+        match self.store.by_key(&caller.subject, key).await? {
+            Some(stored) => replay(stored, hash),
+            None => Err(OrderError::Conflict(
+                "a request with this Idempotency-Key is being processed; retry".into(),
+            )),
         }
     }
 
@@ -350,22 +402,42 @@ impl OrdersService {
         }
         self.publish(&mut tx, "order.status_changed", &order)
             .await?;
+        let mut released_here = None;
         if next == OrderStatus::Cancelled {
             self.publish(&mut tx, "order.cancelled", &order).await?;
-            let release = NewJob::new(RELEASE_JOB, json!({ "order_id": order.id }))
-                .unique(format!("{RELEASE_JOB}:{}", order.id))
-                .max_attempts(25);
-            self.jobs.enqueue(&mut tx, release).await?;
+            let releasing = match self.stock.release_in(&mut tx, order.id) {
+                Some(releasing) => Some(releasing.await),
+                None => None,
+            };
+            match releasing {
+                Some(products) => {
+                    let products =
+                        products.map_err(|err| OrderError::CatalogUnavailable(err.to_string()))?;
+                    released_here = Some(products);
+                }
+                None => {
+                    let release = NewJob::new(RELEASE_JOB, json!({ "order_id": order.id }))
+                        .unique(format!("{RELEASE_JOB}:{}", order.id))
+                        .max_attempts(25);
+                    self.jobs.enqueue(&mut tx, release).await?;
+                }
+            }
         }
         tx.commit().await?;
         self.bus.wake();
-        if next == OrderStatus::Cancelled {
-            // At once when the catalog answers; the job retries otherwise (release is
-            // idempotent, so the job finds nothing left to do).
-            if let Err(err) = self.stock.release(order.id).await {
-                tracing::warn!(order = %order.id, error = %err, "stock release deferred to its job");
+        match released_here {
+            Some(products) => {
+                let _ = self.stock.committed(&products).await;
             }
-            self.jobs.wake();
+            None if next == OrderStatus::Cancelled => {
+                // At once when the catalog answers; the job retries otherwise (release is
+                // idempotent, so the job then finds nothing left to do).
+                if let Err(err) = self.stock.release(order.id).await {
+                    tracing::warn!(order = %order.id, error = %err, "stock release deferred to its job");
+                }
+                self.jobs.wake();
+            }
+            None => {}
         }
         Ok(order)
     }
@@ -414,6 +486,22 @@ fn replay(stored: StoredOrder, hash: &str) -> Result<Created, OrderError> {
         order: stored.order,
         replayed: true,
     })
+}
+
+/// Gives `order` its lines, total and currency from the reservation; status `created`.
+fn price(order: &mut Order, reserved: &[ReservedLine]) -> Result<(), OrderError> {
+    let lines = priced_lines(reserved)?;
+    order.total_cents = lines
+        .iter()
+        .map(|line| line.unit_price_cents * i64::from(line.quantity))
+        .sum();
+    order.currency = reserved
+        .first()
+        .map(|line| line.currency.clone())
+        .unwrap_or_default();
+    order.items = lines;
+    order.status = OrderStatus::Created;
+    Ok(())
 }
 
 /// Order lines from reserved lines; every price must be in one currency.

@@ -126,8 +126,9 @@ impl OrderStore {
         &self.db
     }
 
-    /// Writes `order` (status `pending`, no lines yet) with its idempotency key.
-    pub async fn insert_pending(
+    /// Writes `order` (as it is: `pending` without lines in the saga, or complete) with its
+    /// idempotency key.
+    pub async fn insert(
         &self,
         tx: &mut Tx,
         order: &Order,
@@ -152,10 +153,10 @@ impl OrderStore {
             .values_panic([
                 order.id.as_uuid().into(),
                 order.user_id.clone().into(),
-                OrderStatus::Pending.as_str().into(),
-                "[]".into(),
-                0i64.into(),
-                "".into(),
+                order.status.as_str().into(),
+                json(&order.items).into(),
+                order.total_cents.into(),
+                order.currency.clone().into(),
                 json(&order.shipping_address).into(),
                 key.map(str::to_owned).into(),
                 key.map(|_| request_hash.to_owned()).into(),

@@ -48,10 +48,36 @@ fn principal(subject: &str, role: &str) -> Arc<Principal> {
     })
 }
 
+/// The catalog as a service in another process would be: reservations in its own
+/// transactions only, so the orders service runs its saga.
+struct Elsewhere(CatalogService);
+
+impl Stock for Elsewhere {
+    fn reserve<'a>(
+        &'a self,
+        order: OrderId,
+        lines: &'a [ReserveLine],
+    ) -> logicore_contracts::stock::StockFuture<'a, Vec<logicore_contracts::stock::ReservedLine>>
+    {
+        self.0.reserve(order, lines)
+    }
+
+    fn release(&self, order: OrderId) -> logicore_contracts::stock::StockFuture<'_, ()> {
+        self.0.release(order)
+    }
+}
+
 impl App {
+    /// One app per database of the run and per topology: the catalog in this process (one
+    /// transaction per order) and elsewhere (the saga).
     async fn all() -> Vec<App> {
         let mut apps = Vec::new();
-        for test_db in TestDb::all().await {
+        for (test_db, local) in TestDb::all()
+            .await
+            .into_iter()
+            .map(|db| (db, true))
+            .chain(TestDb::all().await.into_iter().map(|db| (db, false)))
+        {
             let db = test_db.db.clone();
             let migrations = [
                 jobs::MIGRATIONS,
@@ -67,7 +93,11 @@ impl App {
                 OrderStore::new(db.clone()),
                 Bus::new(db.clone()),
                 jobs.clone(),
-                Arc::new(catalog.clone()) as Arc<dyn Stock>,
+                if local {
+                    Arc::new(catalog.clone()) as Arc<dyn Stock>
+                } else {
+                    Arc::new(Elsewhere(catalog.clone()))
+                },
             );
             let (router, _) = router(orders.clone());
             apps.push(App {
@@ -76,7 +106,12 @@ impl App {
                 catalog,
                 jobs,
                 db,
-                label: test_db.label(),
+                label: match (test_db.label(), local) {
+                    ("sqlite", true) => "sqlite, catalog here",
+                    ("sqlite", false) => "sqlite, catalog elsewhere",
+                    (_, true) => "postgres, catalog here",
+                    _ => "postgres, catalog elsewhere",
+                },
                 _db: test_db,
             });
         }
@@ -558,7 +593,7 @@ async fn a_creation_that_died_after_reserving_is_undone_by_its_abandon_job() {
         let store = OrderStore::new(app.db.clone());
         let mut tx = app.db.begin().await.unwrap();
         store
-            .insert_pending(&mut tx, &pending, Some("ghost-key"), "hash")
+            .insert(&mut tx, &pending, Some("ghost-key"), "hash")
             .await
             .unwrap();
         tx.commit().await.unwrap();
