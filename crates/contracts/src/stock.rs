@@ -82,9 +82,10 @@ pub trait Stock: Send + Sync + 'static {
     /// Puts what was reserved for `order` back in stock (a no-op when nothing is reserved).
     fn release(&self, order: OrderId) -> StockFuture<'_, ()>;
 
-    /// Reserves inside the caller's transaction when the stock is kept in the caller's
-    /// database (the catalog in the same process); `None` when it is elsewhere and the
-    /// caller must use [`Stock::reserve`] around its own transaction. After an error the
+    /// Reserves for a new `order` (written in the same transaction, so it has no
+    /// reservation yet) inside the caller's transaction when the stock is kept in the
+    /// caller's database (the catalog in the same process); `None` when it is elsewhere and
+    /// the caller must use [`Stock::reserve`] around its own transaction. After an error the
     /// caller rolls its transaction back; after its commit it calls [`Stock::committed`].
     fn reserve_in<'a>(
         &'a self,

@@ -206,6 +206,20 @@ async fn a_redelivered_event_has_no_second_effect_and_cursors_survive_a_restart(
                 .unwrap()
         );
         tx.commit().await.unwrap();
+        // In a batch, only the event not processed before is handled.
+        let unseen = Event {
+            id: Uuid::now_v7(),
+            ..event.clone()
+        };
+        let calls = consumer.calls.load(Ordering::SeqCst);
+        let mut tx = bus.db().begin().await.unwrap();
+        let handled = bus::deliver_batch(&mut tx, consumer.as_ref(), &[event.clone(), unseen])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(handled, 1, "{label}");
+        assert_eq!(consumer.calls.load(Ordering::SeqCst), calls + 1, "{label}");
+        assert_eq!(seen(bus.db(), "durable").await.len(), 6, "{label}");
 
         // A new process (a new Bus over the same database) continues after the cursor.
         let restarted = Bus::new(test_db.db.clone());
@@ -219,7 +233,7 @@ async fn a_redelivered_event_has_no_second_effect_and_cursors_survive_a_restart(
             3,
             "{label}: only the new events"
         );
-        assert_eq!(seen(bus.db(), "durable").await.len(), 8, "{label}");
+        assert_eq!(seen(bus.db(), "durable").await.len(), 9, "{label}");
     }
 }
 

@@ -15,7 +15,7 @@ use sea_query::{Expr, ExprTrait, Iden, OnConflict, Order, Query};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Bus, ConsumeError, Consumer, Event, OutboxColumn, deliver, now, wants};
+use super::{Bus, ConsumeError, Consumer, Event, OutboxColumn, deliver_batch, now};
 use crate::db::Backend;
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serialises relays.
@@ -221,13 +221,9 @@ impl Bus {
             return Ok(0);
         };
         let read = rows.len();
+        let events: Vec<Event> = rows.into_iter().map(|row| row.into_event().1).collect();
         let mut tx = self.db.begin().await?;
-        for row in rows {
-            let (_, event) = row.into_event();
-            if wants(consumer, &event.event_type) {
-                deliver(&mut tx, consumer, &event).await?;
-            }
-        }
+        deliver_batch(&mut tx, consumer, &events).await?;
         // Compare-and-set: a second runner of the same consumer that got here first wins and
         // this batch rolls back (its effects were skipped as redeliveries or are undone).
         let advance = Query::update()

@@ -199,6 +199,17 @@ pub trait Consumer: Send + Sync + 'static {
     /// Handles one event inside `tx`.
     fn handle<'a>(&'a self, tx: &'a mut Tx, event: &'a Event) -> ConsumeFuture<'a>;
 
+    /// Handles several events inside `tx` (each wanted and none processed before); by
+    /// default one at a time. Consumers that can do a batch in fewer statements override it.
+    fn handle_batch<'a>(&'a self, tx: &'a mut Tx, events: &'a [Event]) -> ConsumeFuture<'a> {
+        Box::pin(async move {
+            for event in events {
+                self.handle(tx, event).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Called after a transaction with this consumer's effects committed (to wake the job
     /// worker for the jobs it enqueued, say).
     fn committed(&self) {}
@@ -242,6 +253,62 @@ pub async fn deliver(
     metrics::counter!("bus_events_consumed_total", "consumer" => consumer.name().to_owned(), "type" => event.event_type.clone())
         .increment(1);
     Ok(true)
+}
+
+/// Hands the events of `events` that `consumer` wants and has not processed before to it in
+/// one batch inside `tx`, recording them as processed with one statement; returns how many
+/// it handled.
+pub async fn deliver_batch(
+    tx: &mut Tx,
+    consumer: &dyn Consumer,
+    events: &[Event],
+) -> Result<usize, ConsumeError> {
+    let wanted: Vec<&Event> = events
+        .iter()
+        .filter(|event| wants(consumer, &event.event_type))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let processed_at = now();
+    let mut record = Query::insert()
+        .into_table(ProcessedColumn::Table)
+        .columns([
+            ProcessedColumn::Consumer,
+            ProcessedColumn::EventId,
+            ProcessedColumn::ProcessedAt,
+        ])
+        .on_conflict(
+            OnConflict::columns([ProcessedColumn::Consumer, ProcessedColumn::EventId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .returning_col(ProcessedColumn::EventId)
+        .to_owned();
+    for event in &wanted {
+        record.values_panic([consumer.name().into(), event.id.into(), processed_at.into()]);
+    }
+    let recorded: Vec<(Uuid,)> = tx.fetch_all(&record).await?;
+    let wanted_count = wanted.len();
+    let fresh: Vec<Event> = wanted
+        .into_iter()
+        .filter(|event| recorded.iter().any(|(id,)| *id == event.id))
+        .cloned()
+        .collect();
+    let redelivered = wanted_count - fresh.len();
+    if redelivered > 0 {
+        metrics::counter!("bus_redeliveries_skipped_total", "consumer" => consumer.name().to_owned())
+            .increment(redelivered as u64);
+    }
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    consumer.handle_batch(tx, &fresh).await?;
+    for event in &fresh {
+        metrics::counter!("bus_events_consumed_total", "consumer" => consumer.name().to_owned(), "type" => event.event_type.clone())
+            .increment(1);
+    }
+    Ok(fresh.len())
 }
 
 pub(crate) fn now() -> DateTime<Utc> {

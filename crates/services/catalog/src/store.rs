@@ -446,22 +446,24 @@ impl CatalogStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<ReservedLine>, ReserveFailure> {
         let mut tx = self.db.begin().await?;
+        let existing: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
+        if !existing.is_empty() {
+            return Ok(existing.into_iter().map(ReservedLine::from).collect());
+        }
         let reserved = Self::reserve_in(&mut tx, order, lines, now).await?;
         tx.commit().await?;
         Ok(reserved)
     }
 
-    /// [`CatalogStore::reserve`] inside the caller's transaction (nothing is committed).
+    /// Takes `lines` out of stock for a new `order` (one that has no reservation: it is
+    /// being written in the same transaction) inside the caller's transaction; nothing is
+    /// committed, and after an error the caller rolls back.
     pub async fn reserve_in(
         tx: &mut Tx,
         order: OrderId,
         lines: &[ReserveLine],
         now: DateTime<Utc>,
     ) -> Result<Vec<ReservedLine>, ReserveFailure> {
-        let existing: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
-        if !existing.is_empty() {
-            return Ok(existing.into_iter().map(ReservedLine::from).collect());
-        }
         // Products are taken in id order so two orders never wait on each other in a cycle.
         let mut by_product: Vec<(usize, &ReserveLine)> = lines.iter().enumerate().collect();
         by_product.sort_by_key(|(_, line)| line.product_id);

@@ -41,34 +41,46 @@ impl OrderConfirmations {
         }
     }
 
-    async fn enqueue(&self, tx: &mut Tx, event: &Event) -> Result<(), ConsumeError> {
-        let order = &event.data;
-        let (Some(order_id), Some(user_id)) = (
-            order.get("id").and_then(Value::as_str),
-            order
-                .get("user_id")
-                .and_then(Value::as_str)
-                .and_then(|id| Uuid::parse_str(id).ok()),
-        ) else {
-            tracing::warn!(event = %event.id, "order.created without an order id or a user id: no e-mail");
-            return Ok(());
-        };
-        let user = self
+    /// One confirmation job per order of `events` whose customer has an account here, with
+    /// one lookup and one insert for the whole batch.
+    async fn enqueue(&self, tx: &mut Tx, events: &[Event]) -> Result<(), ConsumeError> {
+        let orders: Vec<(&Value, &str, Uuid)> = events
+            .iter()
+            .filter_map(|event| {
+                let order = &event.data;
+                let order_id = order.get("id").and_then(Value::as_str);
+                let user_id = order
+                    .get("user_id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| Uuid::parse_str(id).ok());
+                if order_id.is_none() || user_id.is_none() {
+                    tracing::warn!(event = %event.id, "order.created without an order id or a user id: no e-mail");
+                }
+                Some((order, order_id?, user_id?))
+            })
+            .collect();
+        let ids: Vec<Uuid> = orders.iter().map(|(_, _, user)| *user).collect();
+        let users = self
             .users
-            .get_user(user_id)
+            .get_users(&ids)
             .await
             .map_err(|err| ConsumeError::Retry(err.to_string()))?;
-        let Some(user) = user else {
-            tracing::warn!(order = order_id, user = %user_id, "the customer of an order has no account here: no e-mail");
-            return Ok(());
-        };
-        let job = NewJob::new(
-            ORDER_CONFIRMATION_JOB,
-            json!({ "to": user.email, "name": user.name, "order": order }),
-        )
-        .unique(format!("{ORDER_CONFIRMATION_JOB}:{order_id}"))
-        .max_attempts(EMAIL_ATTEMPTS);
-        self.jobs.enqueue(tx, job).await?;
+        let mut jobs = Vec::with_capacity(orders.len());
+        for (order, order_id, user_id) in orders {
+            let Some(user) = users.iter().find(|user| user.id == user_id) else {
+                tracing::warn!(order = order_id, user = %user_id, "the customer of an order has no account here: no e-mail");
+                continue;
+            };
+            jobs.push(
+                NewJob::new(
+                    ORDER_CONFIRMATION_JOB,
+                    json!({ "to": user.email, "name": user.name, "order": order }),
+                )
+                .unique(format!("{ORDER_CONFIRMATION_JOB}:{order_id}"))
+                .max_attempts(EMAIL_ATTEMPTS),
+            );
+        }
+        self.jobs.enqueue_many(tx, jobs).await?;
         Ok(())
     }
 }
@@ -83,7 +95,11 @@ impl Consumer for OrderConfirmations {
     }
 
     fn handle<'a>(&'a self, tx: &'a mut Tx, event: &'a Event) -> ConsumeFuture<'a> {
-        Box::pin(self.enqueue(tx, event))
+        Box::pin(self.enqueue(tx, std::slice::from_ref(event)))
+    }
+
+    fn handle_batch<'a>(&'a self, tx: &'a mut Tx, events: &'a [Event]) -> ConsumeFuture<'a> {
+        Box::pin(self.enqueue(tx, events))
     }
 
     fn committed(&self) {

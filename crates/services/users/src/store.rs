@@ -204,6 +204,17 @@ impl UsersStore {
         Ok(self.db.fetch_optional(&select).await?)
     }
 
+    /// Finds the accounts with these ids (those that exist).
+    pub async fn get_users(&self, ids: &[Uuid]) -> Result<Vec<UserRow>, UsersError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let select = Self::select_users()
+            .and_where(Expr::col(Users::Id).is_in(ids.iter().copied()))
+            .to_owned();
+        Ok(self.db.fetch_all(&select).await?)
+    }
+
     /// Changes an account's name and encrypted SSN.
     pub async fn update_profile(
         &self,
