@@ -223,36 +223,14 @@ pub fn wants(consumer: &dyn Consumer, event_type: &str) -> bool {
         .any(|pattern| topic_matches(pattern, event_type))
 }
 
-/// Hands `event` to `consumer` inside `tx` unless the consumer processed it before; records
-/// it as processed. Returns false when it was a redelivery (nothing done).
+/// Hands `event` to `consumer` inside `tx` unless the consumer processed it before (or does
+/// not want it); records it as processed. Returns false when nothing was done (a redelivery).
 pub async fn deliver(
     tx: &mut Tx,
     consumer: &dyn Consumer,
     event: &Event,
 ) -> Result<bool, ConsumeError> {
-    let record = Query::insert()
-        .into_table(ProcessedColumn::Table)
-        .columns([
-            ProcessedColumn::Consumer,
-            ProcessedColumn::EventId,
-            ProcessedColumn::ProcessedAt,
-        ])
-        .values_panic([consumer.name().into(), event.id.into(), now().into()])
-        .on_conflict(
-            OnConflict::columns([ProcessedColumn::Consumer, ProcessedColumn::EventId])
-                .do_nothing()
-                .to_owned(),
-        )
-        .to_owned();
-    if tx.execute(&record).await? == 0 {
-        metrics::counter!("bus_redeliveries_skipped_total", "consumer" => consumer.name().to_owned())
-            .increment(1);
-        return Ok(false);
-    }
-    consumer.handle(tx, event).await?;
-    metrics::counter!("bus_events_consumed_total", "consumer" => consumer.name().to_owned(), "type" => event.event_type.clone())
-        .increment(1);
-    Ok(true)
+    Ok(deliver_batch(tx, consumer, std::slice::from_ref(event)).await? == 1)
 }
 
 /// Hands the events of `events` that `consumer` wants and has not processed before to it in

@@ -300,6 +300,15 @@ fn fill_random(bytes: &mut [u8]) {
     }
 }
 
+/// The SHA-256 of `bytes` as lower-case hex (fingerprints and checksums, not secrets).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// Replaces the key file's content atomically (a new file, owner-only, renamed over it).
 pub fn replace_key_file(path: &Path, content: &str) -> Result<(), KeyError> {
     let staged = path.with_extension("keys.new");

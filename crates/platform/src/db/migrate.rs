@@ -6,7 +6,6 @@
 
 use chrono::{DateTime, Utc};
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Order, Query};
-use sha2::{Digest, Sha256};
 
 use super::{Backend, Db};
 
@@ -32,8 +31,7 @@ impl Migration {
     }
 
     fn checksum(&self, backend: Backend) -> String {
-        let digest = Sha256::digest(self.sql(backend).as_bytes());
-        digest.iter().map(|byte| format!("{byte:02x}")).collect()
+        crate::crypto::sha256_hex(self.sql(backend).as_bytes())
     }
 }
 

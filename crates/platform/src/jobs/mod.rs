@@ -275,6 +275,8 @@ pub struct Jobs {
     wake: std::sync::Arc<tokio::sync::Notify>,
     /// Jobs finished since the last vacuum.
     finished: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A vacuum is running.
+    vacuuming: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Jobs {
@@ -284,6 +286,7 @@ impl Jobs {
             db,
             wake: std::sync::Arc::new(tokio::sync::Notify::new()),
             finished: std::sync::Arc::default(),
+            vacuuming: std::sync::Arc::default(),
         }
     }
 
@@ -382,19 +385,24 @@ impl Jobs {
     /// have finished since the last time: every finished job leaves a dead entry in the claim
     /// index, and autovacuum (by default at most once a minute) comes too late for a busy
     /// queue, so claims would walk over ever more dead entries.
-    pub(crate) async fn after_finishing(&self, count: u64) {
+    pub(crate) fn after_finishing(&self, count: u64) {
         const VACUUM_EVERY: u64 = 20_000;
-        let finished = self
-            .finished
-            .fetch_add(count, std::sync::atomic::Ordering::Relaxed)
-            + count;
-        if self.db.backend() != Backend::Postgres || finished < VACUUM_EVERY {
+        use std::sync::atomic::Ordering;
+        if self.db.backend() != Backend::Postgres
+            || self.finished.fetch_add(count, Ordering::Relaxed) + count < VACUUM_EVERY
+            || self.vacuuming.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        self.finished.store(0, std::sync::atomic::Ordering::Relaxed);
-        if let Err(err) = self.db.maintain("VACUUM (ANALYZE, SKIP_LOCKED) jobs").await {
-            tracing::warn!(error = %err, "cannot vacuum the jobs table");
-        }
+        self.finished.store(0, Ordering::Relaxed);
+        // Off the completion path: completions go on while the table is vacuumed.
+        let (db, vacuuming) = (self.db.clone(), std::sync::Arc::clone(&self.vacuuming));
+        tokio::spawn(async move {
+            if let Err(err) = db.maintain("VACUUM (ANALYZE, SKIP_LOCKED) jobs").await {
+                tracing::warn!(error = %err, "cannot vacuum the jobs table");
+            }
+            vacuuming.store(false, Ordering::Release);
+        });
     }
 
     /// Tells this process's workers that jobs are waiting.

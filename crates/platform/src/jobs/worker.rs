@@ -324,7 +324,7 @@ async fn complete_batches(
         if let Err(err) = jobs.complete(&worker, &done).await {
             tracing::error!(error = %err, jobs = done.len(), "cannot mark jobs completed; they will run again when their leases expire");
         }
-        jobs.after_finishing(done.len() as u64).await;
+        jobs.after_finishing(done.len() as u64);
     }
 }
 

@@ -92,12 +92,7 @@ pub fn check_idempotency_key(key: &str) -> Result<(), OrderError> {
 /// SHA-256 (hex) of a JSON body with its object keys in sorted order, so the same request
 /// written with its keys in another order has the same fingerprint.
 fn fingerprint(body: &Value) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.to_string().as_bytes());
-    digest
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    logicore_platform::crypto::sha256_hex(body.to_string().as_bytes())
 }
 
 impl OrdersService {
