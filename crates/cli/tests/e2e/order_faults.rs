@@ -6,31 +6,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::orders::{order, product_with_stock};
 use crate::outage::{backend_addr, through};
 use crate::relay::Relay;
 use crate::support::{
     Database, Platform, Setup, SmtpServer, customer_token, eventually, header_value,
 };
-
-async fn stocked_product(platform: &Platform, sku: &str) -> String {
-    let (status, product) = platform
-        .post_json(
-            "/api/v1/products",
-            &json!({"sku": sku, "name": "Pallet", "price_cents": 900, "currency": "EUR", "stock": 100000}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{product}");
-    product["id"].as_str().unwrap().to_owned()
-}
-
-fn order(product: &str) -> Value {
-    json!({
-        "items": [{"product_id": product, "quantity": 1}],
-        "shipping_address": {"name": "Ada", "line1": "1 Way", "city": "Berlin", "postal_code": "10115", "country": "DE"}
-    })
-}
 
 async fn place(platform: &Platform, token: &str, product: &str) -> Option<String> {
     place_at(
@@ -51,7 +34,7 @@ async fn place_at(
     let reply = client
         .post(url)
         .bearer_auth(token)
-        .json(&order(product))
+        .json(&order(product, 1))
         .timeout(Duration::from_secs(30))
         .send()
         .await
@@ -89,7 +72,7 @@ async fn a_worker_killed_mid_batch_still_sends_each_confirmation_under_one_messa
             .env("LOGICORE_JOBS__LEASE", "2s")
             .env("LOGICORE_JOBS__CONCURRENCY", "4");
         let first = setup.start();
-        let product = stocked_product(&first, &format!("KILL-{label}")).await;
+        let product = product_with_stock(&first, &format!("KILL-{label}"), 100_000).await;
         let token = customer_token(&first, "ada@example.com").await;
         let mut orders = Vec::new();
         for _ in 0..40 {
@@ -150,7 +133,7 @@ async fn orders_acknowledged_while_the_database_connection_is_cut_are_never_lost
     let relay = Relay::start(backend_addr(&url)).await;
     let setup = Setup::new(Database::Postgres(through(&url, &relay)));
     let platform = setup.start();
-    let product = stocked_product(&platform, "CUT-1").await;
+    let product = product_with_stock(&platform, "CUT-1", 100_000).await;
     let token = customer_token(&platform, "ada@example.com").await;
 
     // Four clients place orders continuously; the connection is cut twice meanwhile.

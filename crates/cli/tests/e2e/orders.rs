@@ -11,7 +11,7 @@ use crate::support::{
     Database, Platform, Setup, SmtpServer, customer_token, eventually, header_value,
 };
 
-async fn product_with_stock(platform: &Platform, sku: &str, stock: i64) -> String {
+pub async fn product_with_stock(platform: &Platform, sku: &str, stock: i64) -> String {
     let (status, product) = platform
         .post_json(
             "/api/v1/products",
@@ -22,7 +22,7 @@ async fn product_with_stock(platform: &Platform, sku: &str, stock: i64) -> Strin
     product["id"].as_str().unwrap().to_owned()
 }
 
-fn order(product: &str, quantity: i64) -> Value {
+pub fn order(product: &str, quantity: i64) -> Value {
     json!({
         "items": [{"product_id": product, "quantity": quantity}],
         "shipping_address": {"name": "Ada", "line1": "1 Way", "city": "Berlin", "postal_code": "10115", "country": "DE"}
