@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use logicore_catalog::CatalogService;
+use logicore_contracts::stock::{HttpStock, Stock};
 use logicore_gateway::auth::{Authenticator, JwksOptions};
 use logicore_gateway::cache::ResponseCache;
 use logicore_gateway::cors::Cors;
@@ -24,6 +25,8 @@ use logicore_gateway::{
 };
 use logicore_orders::OrdersService;
 use logicore_orders::store::OrderStore;
+use logicore_platform::auth::ServiceTokens;
+use logicore_platform::auth::service_token::TokenKeyError;
 use logicore_platform::bus::embedded::BusSettings;
 use logicore_platform::bus::{Bus, Consumer};
 use logicore_platform::cache::{QueryCache, RedisStore};
@@ -32,6 +35,7 @@ use logicore_platform::crypto::masking::MaskRules;
 use logicore_platform::crypto::{self, KeyRing, KeySource};
 use logicore_platform::db::{Db, DbOptions, Migration, apply_migrations};
 use logicore_platform::discovery::Discovery;
+use logicore_platform::housekeeping::HousekeepingSettings;
 use logicore_platform::http::extract;
 use logicore_platform::http::request_context::{AccessLog, request_context};
 use logicore_platform::http::server::{self, ListenerService, ServerOptions, router_service};
@@ -54,6 +58,9 @@ pub enum Roles {
     Catalog,
     /// `logicore service users`: the users service alone on `services.users.listen`.
     Users,
+    /// `logicore service orders`: the orders service alone on `services.orders.listen`,
+    /// reserving stock at the catalog over HTTP.
+    Orders,
     /// `logicore worker`: jobs (and event consumers), with the admin listener.
     Worker,
 }
@@ -66,6 +73,7 @@ impl Roles {
             Roles::Gateway => ("logicore-gateway", "gateway"),
             Roles::Catalog => ("logicore-catalog", "catalog"),
             Roles::Users => ("logicore-users", "users"),
+            Roles::Orders => ("logicore-orders", "orders"),
             Roles::Worker => ("logicore-worker", "worker"),
         }
     }
@@ -107,16 +115,70 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
 }
 
 /// Checks the parts of the config that depend on which roles run here (exit 2 on error).
-pub fn check(config: &Config, roles: Roles) -> Result<(), RoutingError> {
-    if matches!(roles, Roles::Catalog | Roles::Users | Roles::Worker) {
-        return Ok(());
+pub fn check(config: &Config, roles: Roles) -> anyhow::Result<()> {
+    match roles {
+        Roles::Orders => return remote_catalog(config).map(drop),
+        Roles::Catalog => return service_tokens(config, logicore_catalog::SERVICE_NAME).map(drop),
+        Roles::Worker if catalog_listed(config) => return remote_catalog(config).map(drop),
+        Roles::Worker => return Ok(()),
+        Roles::Users => return Ok(()),
+        Roles::All | Roles::Gateway => {}
     }
     let mut local = BTreeMap::new();
     if roles == Roles::All {
         local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
         local.insert(logicore_orders::SERVICE_NAME.to_owned(), Router::new());
     }
-    edge_config(config, local, logicore_gateway::http_client(), None, None).map(drop)
+    edge_config(config, local, logicore_gateway::http_client(), None, None)?;
+    Ok(())
+}
+
+/// The service tokens of `service` (split roles), or `None` when `internal.token_key` is
+/// not set; a key too short to be safe is a config error.
+fn service_tokens(config: &Config, service: &str) -> anyhow::Result<Option<ServiceTokens>> {
+    match ServiceTokens::new(config.internal.token_key.expose(), service) {
+        Ok(tokens) => Ok(Some(tokens)),
+        Err(TokenKeyError::Missing) => Ok(None),
+        Err(err) => anyhow::bail!("internal.token_key {err}"),
+    }
+}
+
+/// The catalog of `discovery.static.catalog`, reached over HTTP with service tokens.
+fn remote_catalog(config: &Config) -> anyhow::Result<HttpStock> {
+    let discovery = Discovery::from_config(&config.discovery);
+    let instances = discovery.instances(logicore_catalog::SERVICE_NAME).to_vec();
+    if instances.is_empty() {
+        anyhow::bail!(
+            "discovery.static.catalog lists no instance: the orders service reserves stock at the catalog"
+        );
+    }
+    let Some(tokens) = service_tokens(config, logicore_orders::SERVICE_NAME)? else {
+        anyhow::bail!(
+            "internal.token_key is not set: the orders service signs its calls to the catalog \
+             with it (the same key in every role, at least 32 characters)"
+        );
+    };
+    Ok(HttpStock::new(instances, tokens, CATALOG_CALL_TIMEOUT))
+}
+
+/// Bound on one call to a remote catalog.
+const CATALOG_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// True when discovery lists instances of the catalog: it runs elsewhere.
+fn catalog_listed(config: &Config) -> bool {
+    !Discovery::from_config(&config.discovery)
+        .instances(logicore_catalog::SERVICE_NAME)
+        .is_empty()
+}
+
+/// The stock the worker's order jobs use: the catalog of discovery when it lists instances
+/// (the catalog runs elsewhere), else the catalog tables of the shared database.
+fn worker_stock(config: &Config, db: &Db) -> anyhow::Result<Arc<dyn Stock>> {
+    Ok(if catalog_listed(config) {
+        Arc::new(remote_catalog(config)?)
+    } else {
+        Arc::new(catalog_service(config, db, false)?)
+    })
 }
 
 /// Builds the reloadable edge rules (routes, upstreams, issuers, trusted proxies).
@@ -290,7 +352,7 @@ impl Process {
                 let (catalog, catalog_api) = logicore_catalog::router(catalog_service.clone());
                 let (users, users_api) =
                     users_service(config, &db, &ring, bound.port(), true).await?;
-                let background = Background::new(config, &db, catalog_service)?;
+                let background = Background::new(config, &db, Arc::new(catalog_service))?;
                 let (orders, orders_api) = logicore_orders::router(background.orders.clone());
                 let mut local = BTreeMap::new();
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
@@ -360,9 +422,7 @@ impl Process {
             }
             Roles::Worker => {
                 let db = open_migrated_database(config).await?;
-                // The worker reaches the catalog through the shared database.
-                let background =
-                    Background::new(config, &db, catalog_service(config, &db, false)?)?;
+                let background = Background::new(config, &db, worker_stock(config, &db)?)?;
                 let admin =
                     logicore_gateway::admin_router(vec![database_check(&db)], metrics, None).merge(
                         logicore_platform::jobs::admin::router(background.jobs.clone()),
@@ -377,35 +437,43 @@ impl Process {
             }
             Roles::Catalog => {
                 let db = open_migrated_database(config).await?;
-                // Alone, the catalog verifies forwarded bearer tokens itself against the
-                // users service's JWKS (SPEC §4 "Trust") and guards its writes by role.
-                let (catalog, _) = logicore_catalog::router(catalog_service(config, &db, true)?);
-                let authenticator = Authenticator::new(
-                    &issuers(config, None),
-                    config.auth.leeway,
-                    JwksOptions::default(),
-                );
-                if !authenticator.has_issuers() {
+                let service = catalog_service(config, &db, true)?;
+                let (catalog, _) = logicore_catalog::router(service.clone());
+                let catalog = verifying_bearer_tokens(config, "catalog", catalog);
+                // Stock reservations of orders services elsewhere, with service tokens.
+                let tokens = service_tokens(config, logicore_catalog::SERVICE_NAME)?;
+                if tokens.is_none() {
                     tracing::warn!(
-                        "no token issuer has keys (list the users service in discovery.static.users \
-                         or configure gateway.auth.issuers): every catalog write will be refused"
+                        "internal.token_key is not set: orders services elsewhere cannot reserve stock here"
                     );
                 }
-                let catalog = catalog.layer(axum::middleware::from_fn_with_state(
-                    authenticator,
-                    logicore_platform::auth::verify_bearer,
-                ));
+                let catalog = catalog.merge(logicore_catalog::internal::router(service, tokens));
                 let catalog = standalone(config, "catalog", catalog);
-                let served = vec![
-                    bind(
-                        "catalog",
-                        config.services.catalog.listen,
-                        router_service(catalog),
-                    )
-                    .await?,
-                ];
+                let listen = config.services.catalog.listen;
                 Process {
-                    served,
+                    served: vec![bind("catalog", listen, router_service(catalog)).await?],
+                    db: Some(db),
+                    options,
+                    reloader: None,
+                    background: None,
+                }
+            }
+            Roles::Orders => {
+                let db = open_migrated_database(config).await?;
+                // Its jobs (abandoning unfinished orders, late releases) and its events go
+                // through the shared database to the worker role.
+                let orders = OrdersService::new(
+                    OrderStore::new(db.clone()),
+                    Bus::new(db.clone()),
+                    Jobs::new(db.clone()),
+                    Arc::new(remote_catalog(config)?),
+                );
+                let (router, _) = logicore_orders::router(orders);
+                let router = verifying_bearer_tokens(config, "orders", router);
+                let router = standalone(config, "orders", router);
+                let listen = config.services.orders.listen;
+                Process {
+                    served: vec![bind("orders", listen, router_service(router)).await?],
                     db: Some(db),
                     options,
                     reloader: None,
@@ -529,6 +597,7 @@ pub async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
 /// What runs behind the services in `up` and `worker`: the job worker with every service's
 /// job kinds, the event relay, and every service's event consumers.
 struct Background {
+    db: Db,
     worker: Worker,
     jobs: Jobs,
     bus: Bus,
@@ -548,14 +617,14 @@ impl std::fmt::Debug for Background {
 }
 
 impl Background {
-    fn new(config: &Config, db: &Db, catalog: CatalogService) -> anyhow::Result<Background> {
+    fn new(config: &Config, db: &Db, stock: Arc<dyn Stock>) -> anyhow::Result<Background> {
         let jobs = Jobs::new(db.clone());
         let bus = Bus::new(db.clone());
         let orders = OrdersService::new(
             OrderStore::new(db.clone()),
             bus.clone(),
             jobs.clone(),
-            Arc::new(catalog),
+            stock,
         );
         let mut worker = Worker::new(
             jobs.clone(),
@@ -574,6 +643,7 @@ impl Background {
             logicore_users::notifications::OrderConfirmations::new(db.clone(), jobs.clone()),
         )];
         Ok(Background {
+            db: db.clone(),
             worker,
             jobs,
             bus,
@@ -589,6 +659,18 @@ impl Background {
         let mut tasks = vec![
             tokio::spawn(self.worker.run(shutdown.clone())),
             tokio::spawn(self.bus.clone().run_relay(settings, shutdown.clone())),
+            tokio::spawn(logicore_platform::wakeups::run(
+                self.db,
+                self.jobs.clone(),
+                self.bus.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(logicore_platform::housekeeping::run(
+                self.jobs.clone(),
+                self.bus.clone(),
+                HousekeepingSettings::default(),
+                shutdown.clone(),
+            )),
         ];
         for consumer in self.consumers {
             tasks.push(tokio::spawn(self.bus.clone().run_consumer(
@@ -599,6 +681,27 @@ impl Background {
         }
         tasks
     }
+}
+
+/// Alone, a service verifies forwarded bearer tokens itself against the users service's
+/// JWKS (SPEC §4 "Trust"); identity headers are never believed.
+fn verifying_bearer_tokens(config: &Config, service: &str, router: Router) -> Router {
+    let authenticator = Authenticator::new(
+        &issuers(config, None),
+        config.auth.leeway,
+        JwksOptions::default(),
+    );
+    if !authenticator.has_issuers() {
+        tracing::warn!(
+            service,
+            "no token issuer has keys (list the users service in discovery.static.users or \
+             configure gateway.auth.issuers): every signed-in request will be refused"
+        );
+    }
+    router.layer(axum::middleware::from_fn_with_state(
+        authenticator,
+        logicore_platform::auth::verify_bearer,
+    ))
 }
 
 /// A service's router as its own listener serves it: `/health`, the body limit, request ids

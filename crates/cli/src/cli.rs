@@ -159,6 +159,9 @@ impl Command {
             Command::Service {
                 name: ServiceName::Users,
             } => Some(Roles::Users),
+            Command::Service {
+                name: ServiceName::Orders,
+            } => Some(Roles::Orders),
             Command::Worker => Some(Roles::Worker),
             _ => None,
         }
@@ -178,7 +181,7 @@ impl Command {
             } => None,
             Command::Service {
                 name: ServiceName::Orders,
-            } => Some("logicore service orders"),
+            } => None,
             Command::Service {
                 name: ServiceName::Webhooks,
             } => Some("logicore service webhooks"),

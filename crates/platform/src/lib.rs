@@ -12,9 +12,11 @@ pub mod crypto;
 pub mod db;
 pub mod discovery;
 pub mod email;
+pub mod housekeeping;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod wakeups;

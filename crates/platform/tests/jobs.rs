@@ -359,3 +359,52 @@ async fn shutdown_finishes_or_gives_back_running_jobs() {
         );
     }
 }
+
+#[tokio::test]
+async fn housekeeping_purges_completed_jobs_and_keeps_the_rest() {
+    use logicore_platform::housekeeping::{self, HousekeepingSettings};
+    for test_db in TestDb::all().await {
+        let label = test_db.label();
+        let jobs = queue(&test_db).await;
+        apply_migrations(&test_db.db, logicore_platform::bus::MIGRATIONS)
+            .await
+            .unwrap();
+        let mut tx = jobs.db().begin().await.unwrap();
+        for n in 0..5 {
+            jobs.enqueue(&mut tx, NewJob::new("count", json!({ "n": n })))
+                .await
+                .unwrap();
+        }
+        let later = chrono::Utc::now() + chrono::Duration::hours(1);
+        let scheduled = jobs
+            .enqueue(&mut tx, NewJob::new("count", json!({"n": 5})).at(later))
+            .await
+            .unwrap()
+            .unwrap();
+        tx.commit().await.unwrap();
+        let runs: Runs = Arc::default();
+        let stop = CancellationToken::new();
+        let worker = counting_worker(&jobs, Duration::from_secs(30), &runs, Duration::ZERO);
+        let worker = tokio::spawn(worker.run(stop.clone()));
+        wait_until("5 jobs ran", || runs.lock().unwrap().len() == 5).await;
+
+        let settings = HousekeepingSettings {
+            every: Duration::from_millis(50),
+            keep: Duration::ZERO,
+        };
+        let bus = logicore_platform::bus::Bus::new(test_db.db.clone());
+        let cleaner = tokio::spawn(housekeeping::run(jobs.clone(), bus, settings, stop.clone()));
+        for _ in 0..200 {
+            if jobs.list(None, 100).await.unwrap().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        stop.cancel();
+        worker.await.unwrap();
+        cleaner.await.unwrap();
+        let left = jobs.list(None, 100).await.unwrap();
+        assert_eq!(left.len(), 1, "{label}: completed jobs purged");
+        assert_eq!(left[0].id, scheduled, "{label}: the waiting job is kept");
+    }
+}

@@ -29,7 +29,7 @@ pub fn order(product: &str, quantity: i64) -> Value {
     })
 }
 
-async fn place(
+pub async fn place(
     platform: &Platform,
     token: &str,
     body: &Value,
@@ -48,7 +48,7 @@ async fn place(
     (status, reply.json().await.unwrap())
 }
 
-async fn get(platform: &Platform, token: &str, path: &str) -> (StatusCode, Value) {
+pub async fn get(platform: &Platform, token: &str, path: &str) -> (StatusCode, Value) {
     let reply = platform
         .client
         .get(platform.url(path))
@@ -60,14 +60,14 @@ async fn get(platform: &Platform, token: &str, path: &str) -> (StatusCode, Value
     (status, reply.json().await.unwrap())
 }
 
-async fn stock(platform: &Platform, product: &str) -> i64 {
+pub async fn stock(platform: &Platform, product: &str) -> i64 {
     let (_, product) = platform
         .get_json(&format!("/api/v1/products/{product}"))
         .await;
     product["stock"].as_i64().unwrap()
 }
 
-fn eml_files(setup: &Setup) -> Vec<String> {
+pub fn eml_files(setup: &Setup) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(setup.data_dir().join("outbox")) else {
         return Vec::new();
     };

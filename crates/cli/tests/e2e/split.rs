@@ -14,11 +14,18 @@ fn users_role() -> (Setup, Platform) {
         .unwrap();
     let keys = String::from_utf8(generated.stdout).unwrap();
     let setup = Setup::new(Database::Sqlite).env("LOGICORE_ENCRYPTION_KEYS", keys.trim());
+    create_admin(&setup, "split-admin@example.com", "split admin password");
+    let users = setup.start_roles(&["service", "users"], &["users"]);
+    (setup, users)
+}
+
+/// Creates an admin account with `logicore users create`.
+fn create_admin(setup: &Setup, email: &str, password: &str) {
     let mut create = setup.command(&[
         "users",
         "create",
         "--email",
-        "split-admin@example.com",
+        email,
         "--role",
         "admin",
         "--password-stdin",
@@ -31,11 +38,9 @@ fn users_role() -> (Setup, Platform) {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"split admin password\n").unwrap();
+        writeln!(stdin, "{password}").unwrap();
     }
     assert!(child.wait().unwrap().success());
-    let users = setup.start_roles(&["service", "users"], &["users"]);
-    (setup, users)
 }
 
 async fn token_of(platform: &Platform, email: &str, password: &str) -> String {
@@ -228,4 +233,152 @@ async fn the_gateway_role_fronts_a_users_service_elsewhere() {
         .await
         .unwrap();
     assert_eq!(direct.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The key every role of a split test shares.
+const TOKEN_KEY: &str = "split-test internal key, long enough";
+
+/// Every role in its own process on one database: users, catalog, orders, a worker and a
+/// gateway. Orders reserve and release stock at the catalog over HTTP with service tokens;
+/// the worker sends the confirmation.
+#[tokio::test]
+async fn orders_elsewhere_reserve_stock_at_the_catalog_over_http() {
+    use crate::orders::{eml_files, get, order, place, product_with_stock, stock};
+    use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD, customer_token, eventually};
+
+    for database in Database::all().await {
+        let label = database.label();
+        let shared = tempfile::tempdir().unwrap();
+        let database_url = match &database {
+            Database::Sqlite => format!("sqlite://{}", shared.path().join("shared.db").display()),
+            Database::Postgres(url) => url.clone(),
+        };
+        let keys = Setup::new(Database::Sqlite)
+            .command(&["keys", "generate"])
+            .output()
+            .unwrap();
+        let keys = String::from_utf8(keys.stdout).unwrap();
+        let role = |instances: &[(&str, String)]| {
+            let mut setup = Setup::new(database.clone())
+                .env("LOGICORE_DATABASE__URL", &database_url)
+                .env("LOGICORE_ENCRYPTION_KEYS", keys.trim())
+                .env("LOGICORE_INTERNAL__TOKEN_KEY", TOKEN_KEY);
+            for (service, addr) in instances {
+                setup = setup.env(
+                    &format!("LOGICORE_DISCOVERY__STATIC__{}", service.to_uppercase()),
+                    &format!("[\"http://{addr}\"]"),
+                );
+            }
+            setup
+        };
+
+        let users_setup = role(&[]);
+        create_admin(&users_setup, ADMIN_EMAIL, ADMIN_PASSWORD);
+        let users = users_setup.start_roles(&["service", "users"], &["users"]);
+        let users_addr = users.addr("users").to_string();
+        let catalog_setup = role(&[("users", users_addr.clone())]);
+        let catalog = catalog_setup.start_roles(&["service", "catalog"], &["catalog"]);
+        let catalog_addr = catalog.addr("catalog").to_string();
+        let orders_setup = role(&[
+            ("users", users_addr.clone()),
+            ("catalog", catalog_addr.clone()),
+        ]);
+        let orders = orders_setup.start_roles(&["service", "orders"], &["orders"]);
+        let worker_setup = role(&[("catalog", catalog_addr.clone())]);
+        let _worker = worker_setup.start_roles(&["worker"], &["admin"]);
+        let gateway_setup = role(&[
+            ("users", users_addr),
+            ("catalog", catalog_addr.clone()),
+            ("orders", orders.addr("orders").to_string()),
+        ]);
+        let gateway = gateway_setup.start_roles(&["gateway"], &["gateway", "admin"]);
+
+        let product = product_with_stock(&gateway, "SPLIT-1", 2).await;
+        let ada = customer_token(&gateway, "ada-split@example.com").await;
+        let (status, first) = place(&gateway, &ada, &order(&product, 2), Some("split-1")).await;
+        assert_eq!(status, StatusCode::CREATED, "{label}: {first}");
+        assert_eq!(first["items"][0]["sku"], "SPLIT-1", "{label}");
+        assert_eq!(first["total_cents"], 2500, "{label}");
+        assert_eq!(stock(&gateway, &product).await, 0, "{label}");
+        let (status, replay) = place(&gateway, &ada, &order(&product, 2), Some("split-1")).await;
+        assert_eq!(status, StatusCode::CREATED, "{label}");
+        assert_eq!(replay["id"], first["id"], "{label}");
+        let (status, short) = place(&gateway, &ada, &order(&product, 1), None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{label}: {short}");
+        assert!(
+            short["detail"].as_str().unwrap().contains("/items/0"),
+            "{label}: {short}"
+        );
+
+        let id = first["id"].as_str().unwrap().to_owned();
+        let (status, _) = get(&gateway, &ada, &format!("/api/v1/orders/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{label}");
+        let bob = customer_token(&gateway, "bob-split@example.com").await;
+        let (status, _) = get(&gateway, &bob, &format!("/api/v1/orders/{id}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{label}");
+
+        // The worker (elsewhere too) sends the confirmation.
+        let expected = format!("order-{id}@logicore.eml");
+        eventually("the confirmation e-mail", 30, async || {
+            eml_files(&worker_setup).contains(&expected).then_some(())
+        })
+        .await;
+
+        let cancel = gateway
+            .client
+            .post(gateway.url(&format!("/api/v1/orders/{id}/cancel")))
+            .bearer_auth(&ada)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancel.status(), StatusCode::OK, "{label}");
+        eventually("the stock back at the catalog", 30, async || {
+            (stock(&gateway, &product).await == 2).then_some(())
+        })
+        .await;
+
+        // Past the gateway: the orders service checks bearer tokens itself, and the
+        // catalog's internal API wants a service token.
+        let direct = reqwest::Client::new()
+            .get(format!("http://{}/api/v1/orders", orders.addr("orders")))
+            .header("x-user-id", "someone")
+            .header("x-user-roles", "admin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(direct.status(), StatusCode::UNAUTHORIZED, "{label}");
+        let internal = reqwest::Client::new()
+            .delete(format!(
+                "http://{catalog_addr}/internal/v1/stock/reservations/{id}"
+            ))
+            .bearer_auth(&ada)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(internal.status(), StatusCode::UNAUTHORIZED, "{label}");
+    }
+}
+
+#[test]
+fn an_orders_service_without_a_catalog_or_a_key_exits_2() {
+    let no_catalog = Setup::new(Database::Sqlite).env("LOGICORE_INTERNAL__TOKEN_KEY", TOKEN_KEY);
+    let output = no_catalog.command(&["service", "orders"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("discovery.static.catalog"), "{stderr}");
+
+    let no_key = Setup::new(Database::Sqlite).env(
+        "LOGICORE_DISCOVERY__STATIC__CATALOG",
+        "[\"http://127.0.0.1:4002\"]",
+    );
+    let output = no_key.command(&["service", "orders"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("internal.token_key"), "{stderr}");
+
+    let short_key = no_key.env("LOGICORE_INTERNAL__TOKEN_KEY", "short");
+    let output = short_key.command(&["service", "orders"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("internal.token_key is shorter"), "{stderr}");
 }

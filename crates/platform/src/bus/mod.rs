@@ -28,12 +28,20 @@ use uuid::Uuid;
 use crate::db::{Db, Migration, Tx};
 
 /// The bus's schema history (outbox, consumer cursors, processed event ids).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 2026112611,
-    name: "bus: outbox, consumer cursors and processed events",
-    sqlite: include_str!("../../migrations/sqlite/2026112611_bus.sql"),
-    postgres: include_str!("../../migrations/postgres/2026112611_bus.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 2026112611,
+        name: "bus: outbox, consumer cursors and processed events",
+        sqlite: include_str!("../../migrations/sqlite/2026112611_bus.sql"),
+        postgres: include_str!("../../migrations/postgres/2026112611_bus.sql"),
+    },
+    Migration {
+        version: 2026112616,
+        name: "bus: wake the relays of other processes (PostgreSQL)",
+        sqlite: include_str!("../../migrations/sqlite/2026112616_bus_wakeups.sql"),
+        postgres: include_str!("../../migrations/postgres/2026112616_bus_wakeups.sql"),
+    },
+];
 
 /// The media type of a structured CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
@@ -363,24 +371,52 @@ impl Bus {
 
     /// Deletes processed-event records older than `before` (redeliveries come much sooner)
     /// and the published events every consumer has read before `before`. Returns how many
-    /// rows went.
+    /// rows went. Deletes in transactions of [`crate::jobs::PURGE_CHUNK`] rows.
     pub async fn purge(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let chunk = crate::jobs::PURGE_CHUNK;
+        let old_records = Query::select()
+            .columns([ProcessedColumn::Consumer, ProcessedColumn::EventId])
+            .from(ProcessedColumn::Table)
+            .and_where(Expr::col(ProcessedColumn::ProcessedAt).lt(before))
+            .limit(chunk)
+            .to_owned();
         let processed = Query::delete()
             .from_table(ProcessedColumn::Table)
-            .and_where(Expr::col(ProcessedColumn::ProcessedAt).lt(before))
+            .and_where(
+                Expr::tuple([
+                    Expr::col(ProcessedColumn::Consumer),
+                    Expr::col(ProcessedColumn::EventId),
+                ])
+                .in_subquery(old_records),
+            )
             .to_owned();
         // Events every consumer has read (none are deleted before a consumer has a cursor).
-        let events = Query::delete()
-            .from_table(OutboxColumn::Table)
+        let read_events = Query::select()
+            .column(OutboxColumn::Seq)
+            .from(OutboxColumn::Table)
             .and_where(Expr::col(OutboxColumn::Position).is_not_null())
             .and_where(Expr::col(OutboxColumn::Time).lt(before))
             .and_where(Expr::col(OutboxColumn::Position).lte(Expr::cust(
                 "(SELECT COALESCE(MIN(position), 0) FROM bus_cursors)",
             )))
+            .limit(chunk)
             .to_owned();
-        let mut tx = self.db.begin().await?;
-        let count = tx.execute(&processed).await? + tx.execute(&events).await?;
-        tx.commit().await?;
+        let events = Query::delete()
+            .from_table(OutboxColumn::Table)
+            .and_where(Expr::col(OutboxColumn::Seq).in_subquery(read_events))
+            .to_owned();
+        let mut count = 0;
+        for statement in [processed, events] {
+            loop {
+                let mut tx = self.db.begin().await?;
+                let deleted = tx.execute(&statement).await?;
+                tx.commit().await?;
+                count += deleted;
+                if deleted < chunk {
+                    break;
+                }
+            }
+        }
         Ok(count)
     }
 }

@@ -7,6 +7,7 @@
 //! beside the writer).
 
 mod migrate;
+mod notify;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use sqlx::{AssertSqlSafe, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transac
 use crate::config::{self, ConnectionUrl};
 
 pub use migrate::{Migration, MigrationStatus, apply_migrations, migration_status};
+pub use notify::{Notifications, Topic};
 pub use sea_query_sqlx::SqlxBinder;
 
 /// How long a connection attempt or a pool checkout may take before it is an error.

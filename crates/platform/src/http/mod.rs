@@ -12,4 +12,4 @@ pub mod server;
 pub use extract::{QueryMap, path_id};
 pub use json::Json;
 pub use pagination::{Page, PageRequest};
-pub use problem::{ErrorCode, FieldError, Problem};
+pub use problem::{ErrorCode, FieldError, Problem, ProblemBody};

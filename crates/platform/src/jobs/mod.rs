@@ -34,6 +34,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/2026112614_jobs_claim_order.sql"),
         postgres: include_str!("../../migrations/postgres/2026112614_jobs_claim_order.sql"),
     },
+    Migration {
+        version: 2026112615,
+        name: "jobs: wake the workers of other processes (PostgreSQL)",
+        sqlite: include_str!("../../migrations/sqlite/2026112615_jobs_wakeups.sql"),
+        postgres: include_str!("../../migrations/postgres/2026112615_jobs_wakeups.sql"),
+    },
 ];
 
 #[derive(Iden, Clone, Copy)]
@@ -256,6 +262,9 @@ pub fn random_unit() -> f64 {
 /// `state = '<state>'` with the value written into the SQL, not bound: only then can SQLite
 /// (and PostgreSQL's generic plans) use the partial indexes on `state = 'available'` and
 /// `state = 'running'`; with a parameter the claim scans and sorts the whole table.
+/// Rows deleted per transaction by purges.
+pub const PURGE_CHUNK: u64 = 5_000;
+
 fn in_state(state: JobState) -> Expr {
     Expr::cust(format!("state = '{}'", state.as_str()))
 }
@@ -654,15 +663,28 @@ impl Jobs {
         Ok(changed == 1)
     }
 
-    /// Deletes completed jobs last changed before `before`; returns how many.
+    /// Deletes completed jobs last changed before `before`; returns how many. Deletes in
+    /// transactions of [`PURGE_CHUNK`] jobs, so the queue keeps running meanwhile.
     pub async fn purge(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-        let delete = Query::delete()
-            .from_table(JobColumn::Table)
-            .and_where(Expr::col(JobColumn::State).eq(JobState::Completed.as_str()))
-            .and_where(Expr::col(JobColumn::UpdatedAt).lt(before))
-            .to_owned();
-        let purged = self.write(&delete).await?;
-        Ok(purged)
+        let mut purged = 0;
+        loop {
+            let ids = Query::select()
+                .column(JobColumn::Id)
+                .from(JobColumn::Table)
+                .and_where(in_state(JobState::Completed))
+                .and_where(Expr::col(JobColumn::UpdatedAt).lt(before))
+                .limit(PURGE_CHUNK)
+                .to_owned();
+            let delete = Query::delete()
+                .from_table(JobColumn::Table)
+                .and_where(Expr::col(JobColumn::Id).in_subquery(ids))
+                .to_owned();
+            let deleted = self.write(&delete).await?;
+            purged += deleted;
+            if deleted < PURGE_CHUNK {
+                return Ok(purged);
+            }
+        }
     }
 
     /// How many jobs are in each state.

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod dto;
 pub mod error;
 pub mod http;
+pub mod internal;
 pub mod service;
 pub mod stock;
 pub mod store;

@@ -551,12 +551,30 @@ impl CatalogStore {
     }
 
     /// [`CatalogStore::release`] inside the caller's transaction (nothing is committed).
+    ///
+    /// The reservation is deleted first and only the transaction whose delete found it gives
+    /// the stock back: two releases racing (the order service and its retry job, say) give
+    /// back once, since the second delete waits for the first and then finds nothing.
     pub async fn release_in(
         tx: &mut Tx,
         order: OrderId,
         now: DateTime<Utc>,
     ) -> Result<Vec<ProductId>, sqlx::Error> {
-        let lines: Vec<ReservationRow> = tx.fetch_all(&reservation_lines(order)).await?;
+        let forget = Query::delete()
+            .from_table(StockReservations::Table)
+            .and_where(Expr::col(StockReservations::OrderId).eq(order.as_uuid()))
+            .returning(Query::returning().columns([
+                StockReservations::ProductId,
+                StockReservations::Quantity,
+                StockReservations::Sku,
+                StockReservations::Name,
+                StockReservations::UnitPriceCents,
+                StockReservations::Currency,
+            ]))
+            .to_owned();
+        let mut lines: Vec<ReservationRow> = tx.fetch_all(&forget).await?;
+        // Products are locked in id order, as reservations lock them: no deadlock.
+        lines.sort_by_key(|line| line.product_id);
         for line in &lines {
             let give_back = Query::update()
                 .table(Products::Table)
@@ -569,11 +587,6 @@ impl CatalogStore {
                 .to_owned();
             tx.execute(&give_back).await?;
         }
-        let forget = Query::delete()
-            .from_table(StockReservations::Table)
-            .and_where(Expr::col(StockReservations::OrderId).eq(order.as_uuid()))
-            .to_owned();
-        tx.execute(&forget).await?;
         Ok(lines
             .into_iter()
             .map(|line| ProductId(line.product_id))

@@ -112,3 +112,29 @@ pub trait Stock: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// The catalog's internal stock API, as served by a catalog on its own and called by
+/// [`HttpStock`]: `PUT {RESERVATIONS_PATH}/{order_id}` with a [`ReserveRequest`] answers 200
+/// with a [`ReserveResponse`], or a problem+json with a `stock_error` member (a
+/// [`StockError`]) when refused; `DELETE {RESERVATIONS_PATH}/{order_id}` answers 204. Both
+/// need a service token (`platform::auth::service_token`).
+pub const RESERVATIONS_PATH: &str = "/internal/v1/stock/reservations";
+
+/// Body of a reservation call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveRequest {
+    /// What to reserve, all or nothing.
+    pub lines: Vec<ReserveLine>,
+}
+
+/// Answer of a reservation call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReserveResponse {
+    /// The reserved lines, in request order.
+    pub lines: Vec<ReservedLine>,
+}
+
+mod http;
+
+pub use http::HttpStock;

@@ -1,0 +1,1 @@
+-- SQLite has no notifications between processes: workers and relays of other processes poll.
