@@ -44,6 +44,9 @@ use logicore_platform::jobs::worker::{Worker, WorkerSettings};
 use logicore_platform::lifecycle::Hangups;
 use logicore_platform::telemetry::metrics::MetricsHandle;
 use logicore_users::{TokenSettings, UsersService};
+use logicore_webhooks::guard::TargetGuard;
+use logicore_webhooks::store::WebhookStore;
+use logicore_webhooks::{WebhookSettings, WebhooksService};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +64,9 @@ pub enum Roles {
     /// `logicore service orders`: the orders service alone on `services.orders.listen`,
     /// reserving stock at the catalog over HTTP.
     Orders,
+    /// `logicore service webhooks`: the endpoints API alone on `services.webhooks.listen`
+    /// (deliveries are made by workers).
+    Webhooks,
     /// `logicore worker`: jobs (and event consumers), with the admin listener.
     Worker,
 }
@@ -74,6 +80,7 @@ impl Roles {
             Roles::Catalog => ("logicore-catalog", "catalog"),
             Roles::Users => ("logicore-users", "users"),
             Roles::Orders => ("logicore-orders", "orders"),
+            Roles::Webhooks => ("logicore-webhooks", "webhooks"),
             Roles::Worker => ("logicore-worker", "worker"),
         }
     }
@@ -87,6 +94,7 @@ pub fn all_migrations() -> Vec<Migration> {
         logicore_catalog::MIGRATIONS,
         logicore_users::MIGRATIONS,
         logicore_orders::MIGRATIONS,
+        logicore_webhooks::MIGRATIONS,
     ]
     .concat()
 }
@@ -103,6 +111,7 @@ fn built_in_routes() -> Vec<RouteConfig> {
         .into_iter()
         .chain(logicore_users::built_in_routes())
         .chain(logicore_orders::built_in_routes())
+        .chain(logicore_webhooks::built_in_routes())
         .collect()
 }
 
@@ -121,13 +130,14 @@ pub fn check(config: &Config, roles: Roles) -> anyhow::Result<()> {
         Roles::Catalog => return service_tokens(config, logicore_catalog::SERVICE_NAME).map(drop),
         Roles::Worker if catalog_listed(config) => return remote_catalog(config).map(drop),
         Roles::Worker => return Ok(()),
-        Roles::Users => return Ok(()),
+        Roles::Users | Roles::Webhooks => return Ok(()),
         Roles::All | Roles::Gateway => {}
     }
     let mut local = BTreeMap::new();
     if roles == Roles::All {
         local.insert(logicore_catalog::SERVICE_NAME.to_owned(), Router::new());
         local.insert(logicore_orders::SERVICE_NAME.to_owned(), Router::new());
+        local.insert(logicore_webhooks::SERVICE_NAME.to_owned(), Router::new());
     }
     edge_config(config, local, logicore_gateway::http_client(), None, None)?;
     Ok(())
@@ -352,8 +362,11 @@ impl Process {
                 let (catalog, catalog_api) = logicore_catalog::router(catalog_service.clone());
                 let (users, users_api) =
                     users_service(config, &db, &ring, bound.port(), true).await?;
-                let background = Background::new(config, &db, Arc::new(catalog_service))?;
+                let background =
+                    Background::new(config, &db, Arc::new(catalog_service), Arc::clone(&ring))?;
                 let (orders, orders_api) = logicore_orders::router(background.orders.clone());
+                let (webhooks, webhooks_api) =
+                    logicore_webhooks::router(background.webhooks.clone());
                 let mut local = BTreeMap::new();
                 // The gateway enforces gateway.body_limit before a body reaches a local service.
                 local.insert(
@@ -368,9 +381,13 @@ impl Process {
                     logicore_orders::SERVICE_NAME.to_owned(),
                     orders.layer(DefaultBodyLimit::disable()),
                 );
+                local.insert(
+                    logicore_webhooks::SERVICE_NAME.to_owned(),
+                    webhooks.layer(DefaultBodyLimit::disable()),
+                );
                 let edge = Edge {
                     local,
-                    apis: vec![catalog_api, users_api, orders_api],
+                    apis: vec![catalog_api, users_api, orders_api, webhooks_api],
                     checks: vec![database_check(&db)],
                     local_jwks: Some(local_jwks),
                     admin_routes: Some(logicore_platform::jobs::admin::router(
@@ -422,7 +439,12 @@ impl Process {
             }
             Roles::Worker => {
                 let db = open_migrated_database(config).await?;
-                let background = Background::new(config, &db, worker_stock(config, &db)?)?;
+                // Webhook secrets are stored encrypted: the worker signs with them.
+                let ring = Arc::new(load_keys(config, false).context(
+                    "the worker needs the field-encryption keys (it signs webhooks with the \
+                     endpoints' encrypted secrets)",
+                )?);
+                let background = Background::new(config, &db, worker_stock(config, &db)?, ring)?;
                 let admin =
                     logicore_gateway::admin_router(vec![database_check(&db)], metrics, None).merge(
                         logicore_platform::jobs::admin::router(background.jobs.clone()),
@@ -452,6 +474,23 @@ impl Process {
                 let listen = config.services.catalog.listen;
                 Process {
                     served: vec![bind("catalog", listen, router_service(catalog)).await?],
+                    db: Some(db),
+                    options,
+                    reloader: None,
+                    background: None,
+                }
+            }
+            Roles::Webhooks => {
+                let ring = Arc::new(load_keys(config, false)?);
+                let db = open_migrated_database(config).await?;
+                // Deliveries go through the shared database to the worker role.
+                let service = webhooks_service(config, &db, Jobs::new(db.clone()), ring);
+                let (router, _) = logicore_webhooks::router(service);
+                let router = verifying_bearer_tokens(config, "webhooks", router);
+                let router = standalone(config, "webhooks", router);
+                let listen = config.services.webhooks.listen;
+                Process {
+                    served: vec![bind("webhooks", listen, router_service(router)).await?],
                     db: Some(db),
                     options,
                     reloader: None,
@@ -604,6 +643,8 @@ struct Background {
     consumers: Vec<Arc<dyn Consumer>>,
     /// The orders service (its routes in `up`, its jobs everywhere).
     orders: OrdersService,
+    /// The webhooks service (its routes in `up`, its deliveries everywhere).
+    webhooks: WebhooksService,
 }
 
 impl std::fmt::Debug for Background {
@@ -617,7 +658,12 @@ impl std::fmt::Debug for Background {
 }
 
 impl Background {
-    fn new(config: &Config, db: &Db, stock: Arc<dyn Stock>) -> anyhow::Result<Background> {
+    fn new(
+        config: &Config,
+        db: &Db,
+        stock: Arc<dyn Stock>,
+        ring: Arc<KeyRing>,
+    ) -> anyhow::Result<Background> {
         let jobs = Jobs::new(db.clone());
         let bus = Bus::new(db.clone());
         let orders = OrdersService::new(
@@ -639,9 +685,15 @@ impl Background {
         let mailer =
             logicore_platform::email::Mailer::new(&config.email_url(), &config.email.from)?;
         logicore_users::notifications::register_jobs(&mut worker, mailer);
-        let consumers: Vec<Arc<dyn Consumer>> = vec![Arc::new(
-            logicore_users::notifications::OrderConfirmations::new(db.clone(), jobs.clone()),
-        )];
+        let webhooks = webhooks_service(config, db, jobs.clone(), ring);
+        logicore_webhooks::register_jobs(&mut worker, &webhooks);
+        let consumers: Vec<Arc<dyn Consumer>> = vec![
+            Arc::new(logicore_users::notifications::OrderConfirmations::new(
+                db.clone(),
+                jobs.clone(),
+            )),
+            Arc::new(logicore_webhooks::FanOut::new(webhooks.clone())),
+        ];
         Ok(Background {
             db: db.clone(),
             worker,
@@ -649,6 +701,7 @@ impl Background {
             bus,
             consumers,
             orders,
+            webhooks,
         })
     }
 
@@ -681,6 +734,27 @@ impl Background {
         }
         tasks
     }
+}
+
+/// The webhooks service with the `[webhooks]` settings.
+pub fn webhooks_service(
+    config: &Config,
+    db: &Db,
+    jobs: Jobs,
+    ring: Arc<KeyRing>,
+) -> WebhooksService {
+    WebhooksService::new(
+        WebhookStore::new(db.clone()),
+        jobs,
+        ring,
+        WebhookSettings {
+            guard: TargetGuard {
+                allow_private: config.webhooks.allow_private_targets,
+            },
+            timeout: config.webhooks.timeout,
+            retry_schedule: config.webhooks.retry_schedule.clone(),
+        },
+    )
 }
 
 /// Alone, a service verifies forwarded bearer tokens itself against the users service's

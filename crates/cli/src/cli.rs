@@ -162,6 +162,9 @@ impl Command {
             Command::Service {
                 name: ServiceName::Orders,
             } => Some(Roles::Orders),
+            Command::Service {
+                name: ServiceName::Webhooks,
+            } => Some(Roles::Webhooks),
             Command::Worker => Some(Roles::Worker),
             _ => None,
         }
@@ -184,7 +187,7 @@ impl Command {
             } => None,
             Command::Service {
                 name: ServiceName::Webhooks,
-            } => Some("logicore service webhooks"),
+            } => None,
             Command::Worker => None,
             Command::Users { .. } => None,
             Command::Keys { .. } => None,

@@ -292,6 +292,7 @@ async fn rotate_jwt_key(config: &Config) -> anyhow::Result<()> {
 async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
     let _log_guard = init_logging(config, None)?;
     let (ring, db) = open_keys_and_database(config).await?;
+    let ring = std::sync::Arc::new(ring);
     let result = logicore_users::rewrap::rewrap(&db, &ring, |done, seen| {
         eprint!(
             "\rrewrapping under `{}`: {done} re-encrypted, {seen} looked at",
@@ -300,8 +301,17 @@ async fn rewrap_keys(config: &Config) -> anyhow::Result<()> {
     })
     .await;
     eprintln!();
+    let webhooks = assembly::webhooks_service(
+        config,
+        &db,
+        logicore_platform::jobs::Jobs::new(db.clone()),
+        std::sync::Arc::clone(&ring),
+    );
+    let secrets = webhooks.rewrap().await;
     db.close().await;
     let rewrapped = result.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let (secrets, _) = secrets.map_err(|err| anyhow::anyhow!("{err}"))?;
+    let rewrapped = rewrapped + secrets;
     println!(
         "{rewrapped} value(s) re-encrypted under `{}`; keys other than it can be removed once every process has restarted",
         ring.active_kid()

@@ -1,7 +1,8 @@
 //! Cross-process wake-ups: on PostgreSQL, jobs and events written by another process (a
-//! split `logicore service orders`, say) wake this process's worker and event relay at once,
-//! through the notifications of [`crate::db::Notifications`]. Polling stays as the fallback;
-//! on SQLite it is the only way.
+//! split `logicore service orders`, say) wake this process's worker and event relay at once:
+//! the writer's `Jobs::wake`/`Bus::wake` send a coalesced `NOTIFY` after its commit
+//! ([`crate::db::Db::announce`]) and this task listens ([`crate::db::Notifications`]).
+//! Polling stays as the fallback; on SQLite it is the only way.
 
 use std::time::Duration;
 
@@ -18,8 +19,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// until `shutdown`. Returns at once on SQLite.
 pub async fn run(db: Db, jobs: Jobs, bus: Bus, shutdown: CancellationToken) {
     let wake_all = || {
-        jobs.wake();
-        bus.wake();
+        jobs.wake_local();
+        bus.wake_local();
     };
     loop {
         let listening = tokio::select! {
@@ -45,8 +46,8 @@ pub async fn run(db: Db, jobs: Jobs, bus: Bus, shutdown: CancellationToken) {
                 received = notifications.recv() => received,
             };
             match received {
-                Ok(Some(Topic::Jobs)) => jobs.wake(),
-                Ok(Some(Topic::Events)) => bus.wake(),
+                Ok(Some(Topic::Jobs)) => jobs.wake_local(),
+                Ok(Some(Topic::Events)) => bus.wake_local(),
                 // Reconnecting: whatever came meanwhile was missed.
                 Ok(None) => wake_all(),
                 Err(err) => {

@@ -1,6 +1,6 @@
 //! Wake-ups between processes on PostgreSQL: jobs and events committed through another
-//! connection pool (another process) are picked up by this one's worker and relay through
-//! the notifications, long before their next poll.
+//! connection pool (another process) and announced after the commit are picked up by this
+//! one's worker and relay through the notifications, long before their next poll.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -139,6 +139,9 @@ async fn jobs_and_events_of_another_process_are_picked_up_at_once() {
             .await
             .unwrap();
         tx.commit().await.unwrap();
+        // What a writer does after its commit: wake the workers and relays everywhere.
+        their_jobs.wake();
+        their_bus.wake();
         wait_for("the job of another process", &runs, round).await;
         wait_for("the event of another process", &counter.handled, round).await;
     }

@@ -110,7 +110,18 @@ async fn jobs_are_listed_retried_and_purged_from_the_command_line() {
 
 #[tokio::test]
 async fn the_worker_role_serves_the_jobs_admin_api() {
-    let setup = Setup::new(Database::Sqlite);
+    // The worker signs webhooks with encrypted secrets: it needs the keys like other roles.
+    let keys = Setup::new(Database::Sqlite)
+        .command(&["keys", "generate"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    let keyless = Setup::new(Database::Sqlite);
+    let output = keyless.command(&["worker"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("field-encryption keys"), "{stderr}");
+    let setup = Setup::new(Database::Sqlite).env("LOGICORE_ENCRYPTION_KEYS", keys.trim());
     let (jobs, dead, done) = seeded(&setup).await;
     let worker = setup.start_roles(&["worker"], &["admin"]);
     let listed: Value = worker

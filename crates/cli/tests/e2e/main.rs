@@ -16,3 +16,4 @@ mod relay;
 mod split;
 mod support;
 mod users;
+mod webhooks;

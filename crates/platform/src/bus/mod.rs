@@ -28,20 +28,12 @@ use uuid::Uuid;
 use crate::db::{Db, Migration, Tx};
 
 /// The bus's schema history (outbox, consumer cursors, processed event ids).
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 2026112611,
-        name: "bus: outbox, consumer cursors and processed events",
-        sqlite: include_str!("../../migrations/sqlite/2026112611_bus.sql"),
-        postgres: include_str!("../../migrations/postgres/2026112611_bus.sql"),
-    },
-    Migration {
-        version: 2026112616,
-        name: "bus: wake the relays of other processes (PostgreSQL)",
-        sqlite: include_str!("../../migrations/sqlite/2026112616_bus_wakeups.sql"),
-        postgres: include_str!("../../migrations/postgres/2026112616_bus_wakeups.sql"),
-    },
-];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 2026112611,
+    name: "bus: outbox, consumer cursors and processed events",
+    sqlite: include_str!("../../migrations/sqlite/2026112611_bus.sql"),
+    postgres: include_str!("../../migrations/postgres/2026112611_bus.sql"),
+}];
 
 /// The media type of a structured CloudEvent.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json";
@@ -221,6 +213,13 @@ pub trait Consumer: Send + Sync + 'static {
     /// Called after a transaction with this consumer's effects committed (to wake the job
     /// worker for the jobs it enqueued, say).
     fn committed(&self) {}
+
+    /// True when handling an event twice has no second effect by construction (the
+    /// consumer's own writes are keyed by the event id): the bus then skips recording
+    /// processed event ids for it, one insert per event less.
+    fn idempotent(&self) -> bool {
+        false
+    }
 }
 
 /// Whether `consumer` wants events of `event_type`.
@@ -256,6 +255,12 @@ pub async fn deliver_batch(
     if wanted.is_empty() {
         return Ok(0);
     }
+    if consumer.idempotent() {
+        let fresh: Vec<Event> = wanted.into_iter().cloned().collect();
+        consumer.handle_batch(tx, &fresh).await?;
+        count_consumed(consumer, &fresh);
+        return Ok(fresh.len());
+    }
     let processed_at = now();
     let mut record = Query::insert()
         .into_table(ProcessedColumn::Table)
@@ -290,11 +295,15 @@ pub async fn deliver_batch(
         return Ok(0);
     }
     consumer.handle_batch(tx, &fresh).await?;
-    for event in &fresh {
+    count_consumed(consumer, &fresh);
+    Ok(fresh.len())
+}
+
+fn count_consumed(consumer: &dyn Consumer, events: &[Event]) {
+    for event in events {
         metrics::counter!("bus_events_consumed_total", "consumer" => consumer.name().to_owned(), "type" => event.event_type.clone())
             .increment(1);
     }
-    Ok(fresh.len())
 }
 
 pub(crate) fn now() -> DateTime<Utc> {
@@ -364,8 +373,15 @@ impl Bus {
         Ok(id)
     }
 
-    /// Tells this process's relay that events were committed.
+    /// Tells the relay of this process, and on PostgreSQL those of every process on the
+    /// database (a coalesced `NOTIFY` after the commit), that events were committed.
     pub fn wake(&self) {
+        self.written.notify_one();
+        self.db.announce(crate::db::Topic::Events);
+    }
+
+    /// Tells this process's relay only (a notification from another process arrived).
+    pub fn wake_local(&self) {
         self.written.notify_one();
     }
 

@@ -65,6 +65,8 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Db {
     pools: Pools,
+    /// Sends the cross-process wake-ups (PostgreSQL only).
+    announcer: Option<std::sync::Arc<notify::Announcer>>,
     slow_query: Duration,
 }
 
@@ -101,8 +103,13 @@ impl Db {
             }
             _ => open_sqlite(url, options).await?,
         };
+        let announcer = match &pools {
+            Pools::Postgres(pool) => Some(notify::Announcer::new(pool.clone())),
+            Pools::Sqlite { .. } => None,
+        };
         Ok(Db {
             pools,
+            announcer,
             slow_query: options.slow_query,
         })
     }

@@ -1,27 +1,113 @@
-//! Wake-ups between processes sharing a PostgreSQL database: triggers on `jobs` and
-//! `outbox` notify a channel per schema at commit (migrations 2026112615/16); a process
-//! listens and wakes its workers and relay at once instead of at their next poll. SQLite has
-//! no such channel: processes sharing a file poll.
+//! Wake-ups between processes sharing a PostgreSQL database. After a commit that adds jobs
+//! or events, [`Db::announce`] has a background task send `NOTIFY` on a channel of the
+//! schema — outside the writer's transaction and coalesced (at most one in flight per topic
+//! and process), so busy writers do not queue on PostgreSQL's notification lock at commit.
+//! Processes listen with [`Db::listen`] and wake their workers and relay at once instead of
+//! at their next poll. SQLite has no such channel: processes sharing a file poll.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, OnceCell};
 
 use super::{Db, Pools};
 
 /// What a notification is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topic {
-    /// Jobs were inserted.
+    /// Jobs were enqueued.
     Jobs,
     /// Events were written to the outbox.
     Events,
 }
 
 impl Topic {
+    const ALL: [Topic; 2] = [Topic::Jobs, Topic::Events];
+
+    fn index(self) -> usize {
+        match self {
+            Topic::Jobs => 0,
+            Topic::Events => 1,
+        }
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             Topic::Jobs => "lc_jobs_",
             Topic::Events => "lc_events_",
         }
+    }
+}
+
+/// The channel of `topic` for the schema of `pool`'s connections, so deployments sharing a
+/// database (in different schemas) do not wake each other.
+async fn channel_suffix(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT left(md5(current_schema()), 16)")
+        .fetch_one(pool)
+        .await
+}
+
+/// Sends the announcements of one process.
+#[derive(Debug)]
+pub(crate) struct Announcer {
+    pool: PgPool,
+    pending: [AtomicBool; 2],
+    wake: Notify,
+    started: AtomicBool,
+    suffix: OnceCell<String>,
+}
+
+impl Announcer {
+    pub(crate) fn new(pool: PgPool) -> Arc<Announcer> {
+        Arc::new(Announcer {
+            pool,
+            pending: [AtomicBool::new(false), AtomicBool::new(false)],
+            wake: Notify::new(),
+            started: AtomicBool::new(false),
+            suffix: OnceCell::new(),
+        })
+    }
+
+    fn announce(self: &Arc<Self>, topic: Topic) {
+        self.pending[topic.index()].store(true, Ordering::Release);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            // Outside a runtime (never in practice) the announcement is simply not sent.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(Arc::clone(self).run());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            if self.pool.is_closed() {
+                return;
+            }
+            for topic in Topic::ALL {
+                if !self.pending[topic.index()].swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                if let Err(err) = self.send(topic).await {
+                    tracing::debug!(error = %err, "cannot announce new work to other processes");
+                }
+            }
+        }
+    }
+
+    async fn send(&self, topic: Topic) -> Result<(), sqlx::Error> {
+        let suffix = self
+            .suffix
+            .get_or_try_init(|| channel_suffix(&self.pool))
+            .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(format!("{}{suffix}", topic.prefix()))
+            .execute(&self.pool)
+            .await
+            .map(drop)
     }
 }
 
@@ -33,15 +119,20 @@ pub struct Notifications {
 }
 
 impl Db {
+    /// Tells the listeners of every process that `topic` has new work (PostgreSQL; a no-op
+    /// on SQLite). Call it after the commit.
+    pub fn announce(&self, topic: Topic) {
+        if let Some(announcer) = &self.announcer {
+            announcer.announce(topic);
+        }
+    }
+
     /// Listens to `topics` of this database's schema; `None` on SQLite.
     pub async fn listen(&self, topics: &[Topic]) -> Result<Option<Notifications>, sqlx::Error> {
         let Pools::Postgres(pool) = &self.pools else {
             return Ok(None);
         };
-        // The same suffix as the triggers compute, on a connection with the same search_path.
-        let suffix: String = sqlx::query_scalar("SELECT left(md5(current_schema()), 16)")
-            .fetch_one(pool)
-            .await?;
+        let suffix = channel_suffix(pool).await?;
         let channels: Vec<(String, Topic)> = topics
             .iter()
             .map(|topic| (format!("{}{suffix}", topic.prefix()), *topic))

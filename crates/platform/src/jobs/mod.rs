@@ -34,12 +34,6 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/2026112614_jobs_claim_order.sql"),
         postgres: include_str!("../../migrations/postgres/2026112614_jobs_claim_order.sql"),
     },
-    Migration {
-        version: 2026112615,
-        name: "jobs: wake the workers of other processes (PostgreSQL)",
-        sqlite: include_str!("../../migrations/sqlite/2026112615_jobs_wakeups.sql"),
-        postgres: include_str!("../../migrations/postgres/2026112615_jobs_wakeups.sql"),
-    },
 ];
 
 #[derive(Iden, Clone, Copy)]
@@ -414,8 +408,15 @@ impl Jobs {
         });
     }
 
-    /// Tells this process's workers that jobs are waiting.
+    /// Tells the workers of this process, and on PostgreSQL those of every process on the
+    /// database (a coalesced `NOTIFY` after the commit), that jobs are waiting.
     pub fn wake(&self) {
+        self.wake.notify_waiters();
+        self.db.announce(crate::db::Topic::Jobs);
+    }
+
+    /// Tells this process's workers only (a notification from another process arrived).
+    pub fn wake_local(&self) {
         self.wake.notify_waiters();
     }
 

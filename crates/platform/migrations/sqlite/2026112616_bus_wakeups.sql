@@ -1,1 +1,0 @@
--- SQLite has no notifications between processes: workers and relays of other processes poll.
