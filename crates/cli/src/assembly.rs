@@ -27,6 +27,7 @@ use logicore_orders::OrdersService;
 use logicore_orders::store::OrderStore;
 use logicore_platform::auth::ServiceTokens;
 use logicore_platform::auth::service_token::TokenKeyError;
+use logicore_platform::bus::amqp::AmqpSettings;
 use logicore_platform::bus::embedded::BusSettings;
 use logicore_platform::bus::{Bus, Consumer};
 use logicore_platform::cache::{QueryCache, RedisStore};
@@ -645,6 +646,8 @@ struct Background {
     orders: OrdersService,
     /// The webhooks service (its routes in `up`, its deliveries everywhere).
     webhooks: WebhooksService,
+    /// RabbitMQ, when `bus.url` names it (else the embedded log).
+    amqp: Option<AmqpSettings>,
 }
 
 impl std::fmt::Debug for Background {
@@ -702,6 +705,8 @@ impl Background {
             consumers,
             orders,
             webhooks,
+            amqp: matches!(config.bus.url.scheme(), "amqp" | "amqps")
+                .then(|| AmqpSettings::new(config.bus.url.expose())),
         })
     }
 
@@ -709,9 +714,17 @@ impl Background {
     /// jobs get the grace period).
     fn spawn(self, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let settings = BusSettings::default();
+        let relay = match &self.amqp {
+            Some(amqp) => tokio::spawn(
+                self.bus
+                    .clone()
+                    .run_amqp_relay(amqp.clone(), shutdown.clone()),
+            ),
+            None => tokio::spawn(self.bus.clone().run_relay(settings, shutdown.clone())),
+        };
         let mut tasks = vec![
             tokio::spawn(self.worker.run(shutdown.clone())),
-            tokio::spawn(self.bus.clone().run_relay(settings, shutdown.clone())),
+            relay,
             tokio::spawn(logicore_platform::wakeups::run(
                 self.db,
                 self.jobs.clone(),
@@ -721,16 +734,22 @@ impl Background {
             tokio::spawn(logicore_platform::housekeeping::run(
                 self.jobs.clone(),
                 self.bus.clone(),
-                HousekeepingSettings::default(),
+                HousekeepingSettings {
+                    // With RabbitMQ, published events are out of the outbox's hands.
+                    events_read_by_cursors: self.amqp.is_none(),
+                    ..HousekeepingSettings::default()
+                },
                 shutdown.clone(),
             )),
         ];
         for consumer in self.consumers {
-            tasks.push(tokio::spawn(self.bus.clone().run_consumer(
-                consumer,
-                settings,
-                shutdown.clone(),
-            )));
+            let bus = self.bus.clone();
+            tasks.push(match &self.amqp {
+                Some(amqp) => {
+                    tokio::spawn(bus.run_amqp_consumer(consumer, amqp.clone(), shutdown.clone()))
+                }
+                None => tokio::spawn(bus.run_consumer(consumer, settings, shutdown.clone())),
+            });
         }
         tasks
     }

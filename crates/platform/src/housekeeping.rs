@@ -17,6 +17,9 @@ pub struct HousekeepingSettings {
     pub every: Duration,
     /// How long finished jobs and read events are kept.
     pub keep: Duration,
+    /// True on the embedded bus: an event goes once every consumer's cursor passed it.
+    /// False with RabbitMQ: an event goes once published (older than `keep`).
+    pub events_read_by_cursors: bool,
 }
 
 impl Default for HousekeepingSettings {
@@ -24,6 +27,7 @@ impl Default for HousekeepingSettings {
         HousekeepingSettings {
             every: Duration::from_secs(10 * 60),
             keep: Duration::from_secs(7 * 24 * 3600),
+            events_read_by_cursors: true,
         }
     }
 }
@@ -47,7 +51,12 @@ pub async fn run(
             Ok(purged) => tracing::info!(purged, "purged completed jobs"),
             Err(err) => tracing::warn!(error = %err, "purging completed jobs failed"),
         }
-        match bus.purge(before).await {
+        let purged = if settings.events_read_by_cursors {
+            bus.purge(before).await
+        } else {
+            bus.purge_published(before).await
+        };
+        match purged {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged read events and processed-event records"),
             Err(err) => tracing::warn!(error = %err, "purging read events failed"),

@@ -207,3 +207,90 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// The variable naming the RabbitMQ of the test run.
+pub const AMQP_URL_VAR: &str = "LOGICORE_TEST_AMQP_URL";
+
+/// The RabbitMQ of the run, when `LOGICORE_TEST_AMQP_URL` is set; an unreachable broker then
+/// fails the test loudly.
+#[cfg(feature = "amqp")]
+pub async fn amqp_url() -> Option<String> {
+    let url = std::env::var(AMQP_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())?;
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|err| panic!("{AMQP_URL_VAR} is set but RabbitMQ is unreachable: {err}"));
+    let _ = connection.close(200, "probe".into()).await;
+    Some(url)
+}
+
+/// A TCP relay a test controls: put it between a process and a backend, then cut it (fault
+/// tests never stop the shared services).
+#[derive(Debug)]
+pub struct TcpRelay {
+    /// Where clients connect.
+    pub addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept_loop: tokio::task::AbortHandle,
+}
+
+impl TcpRelay {
+    /// Forwards every connection to `target` while open; when cut, drops every connection
+    /// and closes new ones at once (the port stays bound, as a crashed backend's host would).
+    pub async fn start(target: std::net::SocketAddr) -> TcpRelay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (loop_open, loop_connections) = (open.clone(), connections.clone());
+        let accept_loop = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !loop_open.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut backend) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                    }
+                });
+                loop_connections
+                    .lock()
+                    .expect("connections")
+                    .push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        TcpRelay {
+            addr,
+            open,
+            connections,
+            accept_loop,
+        }
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().expect("connections").drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Relays again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept_loop.abort();
+    }
+}

@@ -391,6 +391,7 @@ async fn housekeeping_purges_completed_jobs_and_keeps_the_rest() {
         let settings = HousekeepingSettings {
             every: Duration::from_millis(50),
             keep: Duration::ZERO,
+            events_read_by_cursors: true,
         };
         let bus = logicore_platform::bus::Bus::new(test_db.db.clone());
         let cleaner = tokio::spawn(housekeeping::run(jobs.clone(), bus, settings, stop.clone()));

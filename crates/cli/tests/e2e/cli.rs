@@ -51,8 +51,10 @@ fn bad_config_exits_2_naming_the_key() {
 
 #[test]
 fn backends_not_built_yet_exit_2_saying_so() {
-    let setup = Setup::new(Database::Sqlite)
-        .env("LOGICORE_BUS__URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let setup = Setup::new(Database::Sqlite).env(
+        "LOGICORE_DISCOVERY__URL",
+        "consul://consul:hunter2@127.0.0.1:8500",
+    );
     let output = run(&setup, &["up"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
@@ -61,7 +63,7 @@ fn backends_not_built_yet_exit_2_saying_so() {
         stderr(&output)
     );
     assert!(
-        !stderr(&output).contains("guest:guest"),
+        !stderr(&output).contains("hunter2"),
         "password leaked: {}",
         stderr(&output)
     );

@@ -119,24 +119,14 @@ async fn a_worker_killed_mid_batch_still_sends_each_confirmation_under_one_messa
     }
 }
 
-/// The relay runs on this test's runtime while `start()` blocks a thread: multi-threaded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_acknowledged_while_the_database_connection_is_cut_are_never_lost() {
-    let Some(Database::Postgres(url)) = Database::all()
-        .await
-        .into_iter()
-        .find(|db| matches!(db, Database::Postgres(_)))
-    else {
-        eprintln!("skipped: this test needs LOGICORE_TEST_POSTGRES_URL (a server it can cut off)");
-        return;
-    };
-    let relay = Relay::start(backend_addr(&url)).await;
-    let setup = Setup::new(Database::Postgres(through(&url, &relay)));
-    let platform = setup.start();
-    let product = product_with_stock(&platform, "CUT-1", 100_000).await;
-    let token = customer_token(&platform, "ada@example.com").await;
-
-    // Four clients place orders continuously; the connection is cut twice meanwhile.
+/// Four clients place orders continuously while `relay` is cut twice; returns the
+/// acknowledged order ids and the number of refused attempts.
+async fn order_while_cutting(
+    platform: &Platform,
+    token: &str,
+    product: &str,
+    relay: &Relay,
+) -> (Vec<String>, usize) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let orders_url = platform.url("/api/v1/orders");
     let clients: Vec<_> = (0..4)
@@ -144,8 +134,8 @@ async fn orders_acknowledged_while_the_database_connection_is_cut_are_never_lost
             let (client, url, token, product, stop) = (
                 platform.client.clone(),
                 orders_url.clone(),
-                token.clone(),
-                product.clone(),
+                token.to_owned(),
+                product.to_owned(),
                 std::sync::Arc::clone(&stop),
             );
             tokio::spawn(async move {
@@ -177,6 +167,27 @@ async fn orders_acknowledged_while_the_database_connection_is_cut_are_never_lost
         acknowledged.extend(ids);
         refused += failures;
     }
+    (acknowledged, refused)
+}
+
+/// The relay runs on this test's runtime while `start()` blocks a thread: multi-threaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_acknowledged_while_the_database_connection_is_cut_are_never_lost() {
+    let Some(Database::Postgres(url)) = Database::all()
+        .await
+        .into_iter()
+        .find(|db| matches!(db, Database::Postgres(_)))
+    else {
+        eprintln!("skipped: this test needs LOGICORE_TEST_POSTGRES_URL (a server it can cut off)");
+        return;
+    };
+    let relay = Relay::start(backend_addr(&url)).await;
+    let setup = Setup::new(Database::Postgres(through(&url, &relay)));
+    let platform = setup.start();
+    let product = product_with_stock(&platform, "CUT-1", 100_000).await;
+    let token = customer_token(&platform, "ada@example.com").await;
+
+    let (acknowledged, refused) = order_while_cutting(&platform, &token, &product, &relay).await;
     assert!(
         refused > 0,
         "the cuts refused nothing; the test proves nothing"
@@ -230,4 +241,111 @@ async fn orders_acknowledged_while_the_database_connection_is_cut_are_never_lost
         acknowledged.len(),
         files.len()
     );
+}
+
+/// `up` on RabbitMQ (`bus.url = "amqp://..."`) through a relay the test cuts twice while
+/// orders are placed: every order's `order.created` reaches both consumers — one
+/// confirmation e-mail per order, one webhook per order at a real receiver, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_placed_while_the_rabbitmq_connection_is_cut_lose_no_event() {
+    let Some(url) = logicore_platform::testing::amqp_url().await else {
+        eprintln!("skipped: this test needs LOGICORE_TEST_AMQP_URL");
+        return;
+    };
+    let broker_host = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let broker = tokio::net::lookup_host(broker_host.as_str())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    for database in Database::all().await {
+        let label = database.label();
+        // The consumers' queues are durable and named by consumer: start from empty ones.
+        delete_consumer_queues(&url).await;
+        let relay = Relay::start(broker).await;
+        let through_relay = url.replace(&broker_host, &relay.addr.to_string());
+        let (hook_url, received) = crate::webhooks::receiver().await;
+        let setup = Setup::new(database)
+            .env("LOGICORE_BUS__URL", &through_relay)
+            .env("LOGICORE_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true");
+        let platform = setup.start();
+        let (status, endpoint) = platform
+            .post_json(
+                "/api/v1/webhooks/endpoints",
+                &serde_json::json!({"url": hook_url, "event_types": ["order.created"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{label}: {endpoint}");
+        let product = product_with_stock(&platform, "AMQP-1", 100_000).await;
+        let token = customer_token(&platform, "ada@example.com").await;
+
+        let (acknowledged, _) = order_while_cutting(&platform, &token, &product, &relay).await;
+        assert!(acknowledged.len() > 10, "{label}: too few orders");
+
+        let outbox = setup.data_dir().join("outbox");
+        let expected: BTreeSet<String> = acknowledged
+            .iter()
+            .map(|id| format!("order-{id}@logicore.eml"))
+            .collect();
+        eventually("a confirmation for every order", 60, async || {
+            let files: BTreeSet<String> = std::fs::read_dir(&outbox)
+                .ok()?
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".eml"))
+                .collect();
+            (files == expected).then_some(())
+        })
+        .await;
+        let wanted: BTreeSet<String> = acknowledged.iter().cloned().collect();
+        let webhooks = eventually("a webhook for every order", 60, async || {
+            let bodies = received.lock().unwrap().clone();
+            (bodies.len() >= wanted.len()).then_some(bodies)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let webhooks_after = received.lock().unwrap().len();
+        assert_eq!(webhooks_after, webhooks.len(), "{label}: late duplicates");
+        let orders: Vec<String> = webhooks
+            .iter()
+            .map(|(_, body)| {
+                let body: Value = serde_json::from_slice(body).unwrap();
+                body["data"]["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let distinct: BTreeSet<String> = orders.iter().cloned().collect();
+        assert_eq!(distinct, wanted, "{label}: one webhook per order");
+        assert_eq!(orders.len(), wanted.len(), "{label}: none twice");
+        eprintln!(
+            "{label}: {} orders over RabbitMQ with two cuts",
+            acknowledged.len()
+        );
+        platform.terminate();
+    }
+    delete_consumer_queues(&url).await;
+}
+
+/// Deletes the queues of the platform's consumers on the shared broker.
+async fn delete_consumer_queues(url: &str) {
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for consumer in ["users.order-confirmations", "webhooks.fan-out"] {
+        for queue in [
+            format!("logicore.{consumer}"),
+            format!("logicore.dead.{consumer}"),
+        ] {
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await
+                .unwrap();
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
 }

@@ -11,10 +11,10 @@ use crate::orders::{order, place, product_with_stock};
 use crate::support::{Database, Setup, customer_token, eventually};
 
 /// The requests a receiver got: headers and body.
-type Received = Arc<Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
+pub type Received = Arc<Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
 
 /// A receiver recording each request's headers and body.
-async fn receiver() -> (String, Received) {
+pub async fn receiver() -> (String, Received) {
     let received: Received = Arc::default();
     let log = Arc::clone(&received);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,12 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Order, Query};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use super::{Bus, ConsumeError, Consumer, Event, OutboxColumn, deliver_batch, now};
+use super::{Bus, ConsumeError, Consumer, Event, OutboxColumn, StoredEvent, deliver_batch, now};
 use crate::db::Backend;
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serialises relays.
@@ -51,29 +49,14 @@ impl Default for BusSettings {
 
 #[derive(Debug, sqlx::FromRow)]
 struct EventRow {
-    id: Uuid,
-    #[sqlx(rename = "type")]
-    event_type: String,
-    source: String,
-    subject: Option<String>,
-    time: DateTime<Utc>,
-    data: String,
-    traceparent: Option<String>,
+    #[sqlx(flatten)]
+    event: StoredEvent,
     position: i64,
 }
 
 impl EventRow {
     fn into_event(self) -> (i64, Event) {
-        let event = Event {
-            id: self.id,
-            event_type: self.event_type,
-            source: self.source,
-            subject: self.subject,
-            time: self.time,
-            data: serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null),
-            traceparent: self.traceparent,
-        };
-        (self.position, event)
+        (self.position, self.event.into_event())
     }
 }
 

@@ -12,8 +12,11 @@
 //! request that caused them.
 //!
 //! The [`Consumer`] trait is all a service implements; the transport underneath (the
-//! embedded log here, a RabbitMQ queue later) calls [`deliver`] for each event it hands over.
+//! embedded log, or RabbitMQ with `bus.url = "amqp://..."`: [`amqp`]) calls [`deliver`] for
+//! each event it hands over.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod embedded;
 
 use std::future::Future;
@@ -306,6 +309,33 @@ fn count_consumed(consumer: &dyn Consumer, events: &[Event]) {
     }
 }
 
+/// An outbox row's event columns.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct StoredEvent {
+    id: Uuid,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    source: String,
+    subject: Option<String>,
+    time: DateTime<Utc>,
+    data: String,
+    traceparent: Option<String>,
+}
+
+impl StoredEvent {
+    pub(crate) fn into_event(self) -> Event {
+        Event {
+            id: self.id,
+            event_type: self.event_type,
+            source: self.source,
+            subject: self.subject,
+            time: self.time,
+            data: serde_json::from_str(&self.data).unwrap_or(Value::Null),
+            traceparent: self.traceparent,
+        }
+    }
+}
+
 pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
@@ -389,6 +419,20 @@ impl Bus {
     /// and the published events every consumer has read before `before`. Returns how many
     /// rows went. Deletes in transactions of [`crate::jobs::PURGE_CHUNK`] rows.
     pub async fn purge(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        self.purge_events(before, true).await
+    }
+
+    /// [`Bus::purge`] for the RabbitMQ backend: published events older than `before` go
+    /// whatever the (unused) cursors say.
+    pub async fn purge_published(&self, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        self.purge_events(before, false).await
+    }
+
+    async fn purge_events(
+        &self,
+        before: DateTime<Utc>,
+        read_by_cursors: bool,
+    ) -> Result<u64, sqlx::Error> {
         let chunk = crate::jobs::PURGE_CHUNK;
         let old_records = Query::select()
             .columns([ProcessedColumn::Consumer, ProcessedColumn::EventId])
@@ -407,16 +451,18 @@ impl Bus {
             )
             .to_owned();
         // Events every consumer has read (none are deleted before a consumer has a cursor).
-        let read_events = Query::select()
+        let mut read_events = Query::select()
             .column(OutboxColumn::Seq)
             .from(OutboxColumn::Table)
             .and_where(Expr::col(OutboxColumn::Position).is_not_null())
             .and_where(Expr::col(OutboxColumn::Time).lt(before))
-            .and_where(Expr::col(OutboxColumn::Position).lte(Expr::cust(
-                "(SELECT COALESCE(MIN(position), 0) FROM bus_cursors)",
-            )))
             .limit(chunk)
             .to_owned();
+        if read_by_cursors {
+            read_events.and_where(Expr::col(OutboxColumn::Position).lte(Expr::cust(
+                "(SELECT COALESCE(MIN(position), 0) FROM bus_cursors)",
+            )));
+        }
         let events = Query::delete()
             .from_table(OutboxColumn::Table)
             .and_where(Expr::col(OutboxColumn::Seq).in_subquery(read_events))

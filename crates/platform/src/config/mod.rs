@@ -414,8 +414,8 @@ fn validate_backends(config: &Config) -> Result<(), ConfigError> {
     check_scheme(
         "bus.url",
         &config.bus.url,
-        &["embedded"],
-        &["amqp", "amqps"],
+        &["embedded", "amqp", "amqps"],
+        &[],
     )?;
     check_scheme(
         "discovery.url",

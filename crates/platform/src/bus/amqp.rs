@@ -1,0 +1,465 @@
+//! The RabbitMQ backend of the bus (`bus.url = "amqp://..."`).
+//!
+//! Events still enter through the outbox, in the transaction of the change. The relay
+//! publishes them to the durable topic exchange [`EXCHANGE`] with the event type as routing
+//! key, as persistent CloudEvents (`application/cloudevents+json`), and marks them published
+//! only once RabbitMQ confirmed them (publisher confirms): a relay dying in between publishes
+//! them again, and consumers skip what they processed. Each [`Consumer`] reads its own durable
+//! queue `logicore.<name>`, bound with its topics and dead-lettered to [`DEAD_EXCHANGE`]
+//! (into `logicore.dead.<name>`); a message is acknowledged after the consumer's transaction
+//! (its effects and the processed event id) committed. Connections are re-established with
+//! backoff. Any AMQP client can bind its own queue to [`EXCHANGE`] and read the events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use sea_query::{Expr, ExprTrait, LockBehavior, LockType, Order, Query};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    Bus, CLOUDEVENTS_JSON, ConsumeError, Consumer, Event, OutboxColumn, StoredEvent, deliver, now,
+};
+use crate::db::{Backend, is_unavailable};
+use crate::jobs::{Backoff, random_unit};
+
+/// The exchange every event is published to (topic, durable).
+pub const EXCHANGE: &str = "logicore.events";
+
+/// Where messages a consumer gave up on go (topic, durable; routing key = consumer name).
+pub const DEAD_EXCHANGE: &str = "logicore.dead";
+
+/// Settings of the RabbitMQ backend.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// `amqp://user:pass@host:5672/vhost`.
+    pub url: String,
+    /// Events per relay round.
+    pub batch: u32,
+    /// Unacknowledged messages a consumer holds.
+    pub prefetch: u16,
+    /// Attempts of a failing handler before its message is dead-lettered (database
+    /// outages are waited out, not counted).
+    pub max_attempts: u32,
+    /// How often the outbox is looked at when nothing woke the relay.
+    pub poll_interval: Duration,
+}
+
+impl AmqpSettings {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> AmqpSettings {
+        AmqpSettings {
+            url: url.into(),
+            batch: 256,
+            prefetch: 64,
+            max_attempts: 10,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why a relay or consumer session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("RabbitMQ refused (nacked) a published event")]
+    Nacked,
+    #[error("the consumer stream ended")]
+    StreamEnded,
+}
+
+const RECONNECT: Backoff = Backoff {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(10),
+};
+
+fn short(text: &str) -> ShortString {
+    text.into()
+}
+
+async fn connect(url: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(url, ConnectionProperties::default()).await
+}
+
+/// Declares the exchanges (idempotent).
+async fn declare_exchanges(channel: &Channel) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for name in [EXCHANGE, DEAD_EXCHANGE] {
+        channel
+            .exchange_declare(
+                short(name),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The name of a consumer's queue.
+pub fn queue_name(consumer: &str) -> String {
+    format!("logicore.{consumer}")
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct PendingRow {
+    seq: i64,
+    #[sqlx(flatten)]
+    event: StoredEvent,
+}
+
+/// Sleeps `delay` unless `shutdown` comes first; false on shutdown.
+async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+impl Bus {
+    /// Runs the relay to RabbitMQ until `shutdown`: publishes committed events with
+    /// publisher confirms, then marks them published.
+    pub async fn run_amqp_relay(self, settings: AmqpSettings, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.relay_session(&settings, &shutdown, &mut failures) => result,
+            };
+            let Err(err) = result else { return };
+            failures = failures.saturating_add(1);
+            let delay = RECONNECT.delay(failures, 0.5 + random_unit() / 2.0);
+            metrics::counter!("bus_amqp_reconnects_total", "role" => "relay").increment(1);
+            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "event relay to RabbitMQ failed; reconnecting");
+            if !pause(delay, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    async fn relay_session(
+        &self,
+        settings: &AmqpSettings,
+        shutdown: &CancellationToken,
+        failures: &mut u32,
+    ) -> Result<(), SessionError> {
+        let connection = connect(&settings.url).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare_exchanges(&channel).await?;
+        tracing::info!("event relay connected to RabbitMQ");
+        loop {
+            // Listen before reading, so a commit during the read is not missed.
+            let written = self.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let published = self.publish_to_amqp(&channel, settings.batch).await?;
+            *failures = 0;
+            if published == u64::from(settings.batch) {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = connection.close(200, short("shutdown")).await;
+                    return Ok(());
+                }
+                () = written => {}
+                () = tokio::time::sleep(settings.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Publishes up to `limit` unpublished events and marks those RabbitMQ confirmed.
+    async fn publish_to_amqp(&self, channel: &Channel, limit: u32) -> Result<u64, SessionError> {
+        let mut select = Query::select()
+            .columns([
+                OutboxColumn::Seq,
+                OutboxColumn::Id,
+                OutboxColumn::Type,
+                OutboxColumn::Source,
+                OutboxColumn::Subject,
+                OutboxColumn::Time,
+                OutboxColumn::Data,
+                OutboxColumn::Traceparent,
+            ])
+            .from(OutboxColumn::Table)
+            .and_where(Expr::col(OutboxColumn::Position).is_null())
+            .order_by(OutboxColumn::Seq, Order::Asc)
+            .limit(u64::from(limit))
+            .to_owned();
+        let postgres = self.db.backend() == Backend::Postgres;
+        // PostgreSQL: relays of several processes take different rows (locked until the
+        // commit). SQLite has one writer and usually one relay: read without holding it.
+        let mut tx = None;
+        let rows: Vec<PendingRow> = if postgres {
+            select.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+            let mut locked = self.db.begin().await?;
+            let rows = locked.fetch_all(&select).await?;
+            tx = Some(locked);
+            rows
+        } else {
+            self.db.fetch_all(&select).await?
+        };
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut confirms = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let event = row.event.clone().into_event();
+            let body = serde_json::to_vec(&event.to_cloudevent()).unwrap_or_default();
+            let mut headers = FieldTable::default();
+            if let Some(traceparent) = &event.traceparent {
+                headers.insert(
+                    short("traceparent"),
+                    AMQPValue::LongString(traceparent.as_str().into()),
+                );
+            }
+            let properties = BasicProperties::default()
+                .with_content_type(short(CLOUDEVENTS_JSON))
+                .with_delivery_mode(2)
+                .with_message_id(short(&event.id.to_string()))
+                .with_type(short(&event.event_type))
+                .with_timestamp(u64::try_from(event.time.timestamp()).unwrap_or_default())
+                .with_headers(headers);
+            let confirm = channel
+                .basic_publish(
+                    short(EXCHANGE),
+                    short(&event.event_type),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            if let Confirmation::Nack(_) = confirm.await? {
+                return Err(SessionError::Nacked);
+            }
+        }
+        let seqs: Vec<i64> = rows.iter().map(|row| row.seq).collect();
+        let position = if postgres {
+            Expr::cust("nextval('outbox_position_seq')")
+        } else {
+            Expr::col(OutboxColumn::Seq)
+        };
+        let mark = Query::update()
+            .table(OutboxColumn::Table)
+            .value(OutboxColumn::Position, position)
+            .value(OutboxColumn::PublishedAt, now())
+            .and_where(Expr::col(OutboxColumn::Seq).is_in(seqs))
+            .and_where(Expr::col(OutboxColumn::Position).is_null())
+            .to_owned();
+        let mut tx = match tx {
+            Some(tx) => tx,
+            None => self.db.begin().await?,
+        };
+        let published = tx.execute(&mark).await?;
+        tx.commit().await?;
+        metrics::counter!("bus_events_published_total").increment(published);
+        Ok(published)
+    }
+
+    /// Runs `consumer` on its RabbitMQ queue until `shutdown`.
+    pub async fn run_amqp_consumer(
+        self,
+        consumer: Arc<dyn Consumer>,
+        settings: AmqpSettings,
+        shutdown: CancellationToken,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.consumer_session(consumer.as_ref(), &settings, &shutdown, &mut failures) => result,
+            };
+            let Err(err) = result else { return };
+            failures = failures.saturating_add(1);
+            let delay = RECONNECT.delay(failures, 0.5 + random_unit() / 2.0);
+            metrics::counter!("bus_amqp_reconnects_total", "role" => "consumer").increment(1);
+            tracing::warn!(consumer = consumer.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
+                "event consumer lost RabbitMQ; reconnecting");
+            if !pause(delay, &shutdown).await {
+                return;
+            }
+        }
+    }
+
+    async fn consumer_session(
+        &self,
+        consumer: &dyn Consumer,
+        settings: &AmqpSettings,
+        shutdown: &CancellationToken,
+        failures: &mut u32,
+    ) -> Result<(), SessionError> {
+        let connection = connect(&settings.url).await?;
+        let channel = connection.create_channel().await?;
+        declare_exchanges(&channel).await?;
+        let queue = queue_name(consumer.name());
+        let dead_queue = format!("logicore.dead.{}", consumer.name());
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(short(&dead_queue), durable, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                short(&dead_queue),
+                short(DEAD_EXCHANGE),
+                short(consumer.name()),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            short("x-dead-letter-exchange"),
+            AMQPValue::LongString(DEAD_EXCHANGE.into()),
+        );
+        arguments.insert(
+            short("x-dead-letter-routing-key"),
+            AMQPValue::LongString(consumer.name().into()),
+        );
+        channel
+            .queue_declare(short(&queue), durable, arguments)
+            .await?;
+        for topic in consumer.topics() {
+            channel
+                .queue_bind(
+                    short(&queue),
+                    short(EXCHANGE),
+                    short(topic),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        channel
+            .basic_qos(settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                short(&queue),
+                short(&format!("{}-{}", consumer.name(), Uuid::new_v4().simple())),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(consumer = consumer.name(), queue = %queue, "event consumer connected to RabbitMQ");
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => {
+                    // Unacknowledged messages go back to the queue.
+                    let _ = connection.close(200, short("shutdown")).await;
+                    return Ok(());
+                }
+                next = deliveries.next() => next,
+            };
+            let delivery = match next {
+                Some(delivery) => delivery?,
+                None => return Err(SessionError::StreamEnded),
+            };
+            *failures = 0;
+            let event = serde_json::from_slice(&delivery.data)
+                .ok()
+                .and_then(|value| Event::from_cloudevent(&value));
+            let Some(event) = event else {
+                tracing::error!(
+                    consumer = consumer.name(),
+                    "a message is not a CloudEvent; dead-lettering it"
+                );
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                continue;
+            };
+            if self
+                .consume_amqp(consumer, &event, settings, shutdown)
+                .await
+            {
+                delivery.ack(BasicAckOptions::default()).await?;
+            } else if shutdown.is_cancelled() {
+                let _ = connection.close(200, short("shutdown")).await;
+                return Ok(());
+            } else {
+                metrics::counter!("bus_events_dead_lettered_total", "consumer" => consumer.name().to_owned())
+                    .increment(1);
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+            }
+        }
+    }
+
+    /// Hands one event to `consumer` in a transaction of its own, retrying: true once
+    /// done (or already done before), false when the handler kept failing (dead-letter it)
+    /// or on shutdown.
+    async fn consume_amqp(
+        &self,
+        consumer: &dyn Consumer,
+        event: &Event,
+        settings: &AmqpSettings,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(30),
+        };
+        let mut handler_failures = 0u32;
+        let mut attempt = 0u32;
+        loop {
+            attempt = attempt.saturating_add(1);
+            let result: Result<(), ConsumeError> = async {
+                let mut tx = self.db.begin().await?;
+                deliver(&mut tx, consumer, event).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            let err = match result {
+                Ok(()) => {
+                    consumer.committed();
+                    return true;
+                }
+                Err(err) => err,
+            };
+            let outage = matches!(&err, ConsumeError::Database(db) if is_unavailable(db));
+            if !outage {
+                handler_failures += 1;
+                if handler_failures >= settings.max_attempts {
+                    tracing::error!(consumer = consumer.name(), event = %event.id, error = %err,
+                        "event consumer gave up on an event; it goes to the dead-letter queue");
+                    return false;
+                }
+            }
+            metrics::counter!("bus_consumer_failures_total", "consumer" => consumer.name().to_owned())
+                .increment(1);
+            let delay = backoff.delay(attempt, 0.5 + random_unit() / 2.0);
+            tracing::warn!(consumer = consumer.name(), event = %event.id, error = %err,
+                retry_in_ms = delay.as_millis() as u64, "event consumer failed; retrying");
+            if !pause(delay, shutdown).await {
+                return false;
+            }
+        }
+    }
+}
