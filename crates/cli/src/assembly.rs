@@ -15,7 +15,7 @@ use axum::routing::get;
 use logicore_catalog::CatalogService;
 use logicore_contracts::stock::{HttpStock, Stock};
 use logicore_gateway::auth::{Authenticator, JwksOptions};
-use logicore_gateway::cache::ResponseCache;
+use logicore_gateway::cache::{PurgeOnEvents, ResponseCache};
 use logicore_gateway::cors::Cors;
 use logicore_gateway::ratelimit::RateLimiter;
 use logicore_gateway::remote::{HttpClient, PoolSettings};
@@ -29,7 +29,7 @@ use logicore_platform::auth::ServiceTokens;
 use logicore_platform::auth::service_token::TokenKeyError;
 use logicore_platform::bus::amqp::AmqpSettings;
 use logicore_platform::bus::embedded::BusSettings;
-use logicore_platform::bus::{Bus, Consumer};
+use logicore_platform::bus::{Bus, Consumer, Listener};
 use logicore_platform::cache::{QueryCache, RedisStore};
 use logicore_platform::config::{self, Config, ConfigSource, RouteConfig};
 use logicore_platform::crypto::masking::MaskRules;
@@ -326,6 +326,59 @@ pub struct Process {
     reloader: Option<Reloader>,
     /// The job worker, event relay and consumers of `up` and `worker`.
     background: Option<Background>,
+    /// Listeners of this process (the gateway's cache purge).
+    subscriptions: Vec<Subscription>,
+}
+
+/// A [`Listener`] and the bus it listens on.
+enum Subscription {
+    /// The embedded log of this database.
+    Embedded(Arc<dyn Listener>, Bus),
+    /// RabbitMQ (a queue of this process's own).
+    Amqp(Arc<dyn Listener>, AmqpSettings),
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (listener, backend) = match self {
+            Subscription::Embedded(listener, _) => (listener, "embedded"),
+            Subscription::Amqp(listener, _) => (listener, "rabbitmq"),
+        };
+        formatter
+            .debug_struct("Subscription")
+            .field("listener", &listener.name())
+            .field("backend", &backend)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Where `listener` should listen in this process: RabbitMQ when `bus.url` names it, else
+    /// the embedded log of `db` (none without a database).
+    fn of(config: &Config, listener: Arc<dyn Listener>, db: Option<&Db>) -> Option<Subscription> {
+        match (amqp_settings(config), db) {
+            (Some(amqp), _) => Some(Subscription::Amqp(listener, amqp)),
+            (None, Some(db)) => Some(Subscription::Embedded(listener, Bus::new(db.clone()))),
+            (None, None) => None,
+        }
+    }
+
+    fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        match self {
+            Subscription::Embedded(listener, bus) => {
+                tokio::spawn(bus.run_listener(listener, BusSettings::default(), shutdown))
+            }
+            Subscription::Amqp(listener, settings) => tokio::spawn(
+                logicore_platform::bus::amqp::run_listener(listener, settings, shutdown),
+            ),
+        }
+    }
+}
+
+/// RabbitMQ, when `bus.url` names it.
+fn amqp_settings(config: &Config) -> Option<AmqpSettings> {
+    matches!(config.bus.url.scheme(), "amqp" | "amqps")
+        .then(|| AmqpSettings::new(config.bus.url.expose()))
 }
 
 impl Process {
@@ -395,10 +448,14 @@ impl Process {
                         background.jobs.clone(),
                     )),
                 };
-                let (served, reloader) =
+                let (served, reloader, cache) =
                     bind_gateway(config, source, edge, metrics, Some(gateway_listener)).await?;
+                let purge = Arc::new(PurgeOnEvents::new(cache));
                 Process {
                     served,
+                    subscriptions: Subscription::of(config, purge, Some(&db))
+                        .into_iter()
+                        .collect(),
                     db: Some(db),
                     options,
                     reloader: Some(reloader),
@@ -413,13 +470,31 @@ impl Process {
                     local_jwks: None,
                     admin_routes: None,
                 };
-                let (served, reloader) = bind_gateway(config, source, edge, metrics, None).await?;
+                let (served, reloader, cache) =
+                    bind_gateway(config, source, edge, metrics, None).await?;
+                // Cached product answers are purged by product events: through RabbitMQ,
+                // or the outbox of the database when one is configured.
+                let db = match config.database.url.is_empty() || amqp_settings(config).is_some() {
+                    true => None,
+                    false => Some(open_database(config).await?),
+                };
+                let purge = Arc::new(PurgeOnEvents::new(cache));
+                let subscriptions: Vec<Subscription> = Subscription::of(config, purge, db.as_ref())
+                    .into_iter()
+                    .collect();
+                if subscriptions.is_empty() {
+                    tracing::info!(
+                        "cached answers of changed products stay until their TTL: set bus.url \
+                         (RabbitMQ) or database.url to purge them by product events"
+                    );
+                }
                 Process {
                     served,
-                    db: None,
+                    db,
                     options,
                     reloader: Some(reloader),
                     background: None,
+                    subscriptions,
                 }
             }
             Roles::Users => {
@@ -436,6 +511,7 @@ impl Process {
                     options,
                     reloader: None,
                     background: None,
+                    subscriptions: Vec::new(),
                 }
             }
             Roles::Worker => {
@@ -456,6 +532,7 @@ impl Process {
                     options,
                     reloader: None,
                     background: Some(background),
+                    subscriptions: Vec::new(),
                 }
             }
             Roles::Catalog => {
@@ -479,6 +556,7 @@ impl Process {
                     options,
                     reloader: None,
                     background: None,
+                    subscriptions: Vec::new(),
                 }
             }
             Roles::Webhooks => {
@@ -496,6 +574,7 @@ impl Process {
                     options,
                     reloader: None,
                     background: None,
+                    subscriptions: Vec::new(),
                 }
             }
             Roles::Orders => {
@@ -518,6 +597,7 @@ impl Process {
                     options,
                     reloader: None,
                     background: None,
+                    subscriptions: Vec::new(),
                 }
             }
         };
@@ -545,11 +625,15 @@ impl Process {
                 shutdown.clone(),
             )
         });
-        let background = self
+        let mut background: Vec<_> = self
             .background
-            .map(|background| background.spawn(&shutdown));
+            .map(|background| background.spawn(&shutdown))
+            .unwrap_or_default();
+        for subscription in self.subscriptions {
+            background.push(subscription.spawn(shutdown.clone()));
+        }
         futures_util::future::join_all(servers).await;
-        for task in background.into_iter().flatten() {
+        for task in background {
             if let Err(err) = task.await {
                 tracing::error!(error = %err, "a background task failed");
             }
@@ -580,7 +664,7 @@ async fn bind_gateway(
     edge: Edge,
     metrics: Option<MetricsHandle>,
     listener: Option<TcpListener>,
-) -> anyhow::Result<(Vec<Served>, Reloader)> {
+) -> anyhow::Result<(Vec<Served>, Reloader, ResponseCache)> {
     // The response cache and rate limits outlive reloads (they are not edge rules).
     let redis = redis_store(config)?;
     let cache = match &redis {
@@ -605,7 +689,7 @@ async fn bind_gateway(
         metrics,
         Some(GatewayAdmin {
             live: reloader.live.clone(),
-            cache: Some(cache),
+            cache: Some(cache.clone()),
         }),
     );
     let admin = match edge.admin_routes {
@@ -621,7 +705,7 @@ async fn bind_gateway(
         bind("admin", config.admin.listen, router_service(admin)).await?,
     ];
     log_public_url(config, &served[0])?;
-    Ok((served, reloader))
+    Ok((served, reloader, cache))
 }
 
 pub async fn open_migrated_database(config: &Config) -> anyhow::Result<Db> {
@@ -705,8 +789,7 @@ impl Background {
             consumers,
             orders,
             webhooks,
-            amqp: matches!(config.bus.url.scheme(), "amqp" | "amqps")
-                .then(|| AmqpSettings::new(config.bus.url.expose())),
+            amqp: amqp_settings(config),
         })
     }
 
@@ -882,7 +965,9 @@ fn catalog_service(config: &Config, db: &Db, guard_writes: bool) -> anyhow::Resu
         Some(store) => QueryCache::redis(store, "catalog", ttl),
         None => QueryCache::memory("catalog", ttl, config.cache.max_bytes.0),
     };
-    let service = CatalogService::new(db.clone()).with_cache(cache);
+    let service = CatalogService::new(db.clone())
+        .with_cache(cache)
+        .with_events(Bus::new(db.clone()));
     Ok(if guard_writes {
         service.with_write_guard()
     } else {

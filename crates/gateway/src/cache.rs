@@ -833,3 +833,57 @@ mod tests {
         assert!(!bypasses(&headers(&[("accept", "*/*")])));
     }
 }
+
+/// Purges cached catalog answers when products change: a `product.*` event removes the
+/// entries tagged `product:<id>` and every product list (`products`). Each gateway process
+/// runs its own subscription ([`logicore_platform::bus::Listener`]), so gateways on memory
+/// caches all forget the stale entry.
+#[derive(Debug, Clone)]
+pub struct PurgeOnEvents {
+    cache: ResponseCache,
+}
+
+impl PurgeOnEvents {
+    /// Purges `cache`.
+    pub fn new(cache: ResponseCache) -> PurgeOnEvents {
+        PurgeOnEvents { cache }
+    }
+}
+
+impl logicore_platform::bus::Listener for PurgeOnEvents {
+    fn name(&self) -> &str {
+        "gateway.cache-purge"
+    }
+
+    fn topics(&self) -> &[&str] {
+        &["product.*"]
+    }
+
+    fn on_events<'a>(
+        &'a self,
+        events: &'a [logicore_platform::bus::Event],
+    ) -> logicore_platform::bus::ListenFuture<'a> {
+        Box::pin(async move {
+            let mut tags = vec!["products".to_owned()];
+            for event in events {
+                let id = event.subject.clone().or_else(|| {
+                    event
+                        .data
+                        .get("id")
+                        .and_then(|id| id.as_str())
+                        .map(str::to_owned)
+                });
+                if let Some(id) = id {
+                    tags.push(format!("product:{id}"));
+                }
+            }
+            let purged = self.cache.purge_tags(&tags).await;
+            metrics::counter!("gateway_cache_event_purges_total").increment(purged as u64);
+            tracing::debug!(
+                purged,
+                events = events.len(),
+                "cache entries purged by product events"
+            );
+        })
+    }
+}

@@ -2,6 +2,7 @@
 
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly by unwrapping")]
 
+mod cache_events;
 mod catalog;
 mod cli;
 mod jobs;

@@ -252,6 +252,7 @@ async fn orders_placed_while_the_rabbitmq_connection_is_cut_lose_no_event() {
         eprintln!("skipped: this test needs LOGICORE_TEST_AMQP_URL");
         return;
     };
+    let _turn = crate::support::rabbitmq_turn().await;
     let broker_host = url
         .split('@')
         .nth(1)
@@ -331,7 +332,7 @@ async fn orders_placed_while_the_rabbitmq_connection_is_cut_lose_no_event() {
 }
 
 /// Deletes the queues of the platform's consumers on the shared broker.
-async fn delete_consumer_queues(url: &str) {
+pub async fn delete_consumer_queues(url: &str) {
     let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();

@@ -238,16 +238,16 @@ async fn the_gateway_role_fronts_a_users_service_elsewhere() {
 /// The key every role of a split test shares.
 const TOKEN_KEY: &str = "split-test internal key, long enough";
 
-/// Every role in its own process on one database: users, catalog, orders, a worker and a
-/// gateway. Orders reserve and release stock at the catalog over HTTP with service tokens;
-/// the worker sends the confirmation.
-#[tokio::test]
-async fn orders_elsewhere_reserve_stock_at_the_catalog_over_http() {
-    use crate::orders::{eml_files, get, order, place, product_with_stock, stock};
-    use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD, customer_token, eventually};
+/// Roles in processes of their own on one database, with the same keys.
+pub struct Deployment {
+    database: Database,
+    database_url: String,
+    keys: String,
+    _shared: tempfile::TempDir,
+}
 
-    for database in Database::all().await {
-        let label = database.label();
+impl Deployment {
+    pub fn new(database: Database) -> Deployment {
         let shared = tempfile::tempdir().unwrap();
         let database_url = match &database {
             Database::Sqlite => format!("sqlite://{}", shared.path().join("shared.db").display()),
@@ -257,24 +257,55 @@ async fn orders_elsewhere_reserve_stock_at_the_catalog_over_http() {
             .command(&["keys", "generate"])
             .output()
             .unwrap();
-        let keys = String::from_utf8(keys.stdout).unwrap();
-        let role = |instances: &[(&str, String)]| {
-            let mut setup = Setup::new(database.clone())
-                .env("LOGICORE_DATABASE__URL", &database_url)
-                .env("LOGICORE_ENCRYPTION_KEYS", keys.trim())
-                .env("LOGICORE_INTERNAL__TOKEN_KEY", TOKEN_KEY);
-            for (service, addr) in instances {
-                setup = setup.env(
-                    &format!("LOGICORE_DISCOVERY__STATIC__{}", service.to_uppercase()),
-                    &format!("[\"http://{addr}\"]"),
-                );
-            }
-            setup
-        };
+        Deployment {
+            database,
+            database_url,
+            keys: String::from_utf8(keys.stdout).unwrap().trim().to_owned(),
+            _shared: shared,
+        }
+    }
 
-        let users_setup = role(&[]);
-        create_admin(&users_setup, ADMIN_EMAIL, ADMIN_PASSWORD);
-        let users = users_setup.start_roles(&["service", "users"], &["users"]);
+    /// The setup of one role that finds `instances` (service, address) through discovery.
+    pub fn role(&self, instances: &[(&str, String)]) -> Setup {
+        let mut setup = Setup::new(self.database.clone())
+            .env("LOGICORE_DATABASE__URL", &self.database_url)
+            .env("LOGICORE_ENCRYPTION_KEYS", &self.keys)
+            .env("LOGICORE_INTERNAL__TOKEN_KEY", TOKEN_KEY);
+        for (service, addr) in instances {
+            setup = setup.env(
+                &format!("LOGICORE_DISCOVERY__STATIC__{}", service.to_uppercase()),
+                &format!("[\"http://{addr}\"]"),
+            );
+        }
+        setup
+    }
+
+    /// Starts `logicore service users` with the bootstrap admin of the suite.
+    pub fn users(&self) -> Platform {
+        let setup = self.role(&[]);
+        create_admin(
+            &setup,
+            crate::support::ADMIN_EMAIL,
+            crate::support::ADMIN_PASSWORD,
+        );
+        setup.start_roles(&["service", "users"], &["users"])
+    }
+}
+
+/// Every role in its own process on one database: users, catalog, orders, a worker and a
+/// gateway. Orders reserve and release stock at the catalog over HTTP with service tokens;
+/// the worker sends the confirmation.
+#[tokio::test]
+async fn orders_elsewhere_reserve_stock_at_the_catalog_over_http() {
+    use crate::orders::{eml_files, get, order, place, product_with_stock, stock};
+    use crate::support::{customer_token, eventually};
+
+    for database in Database::all().await {
+        let label = database.label();
+        let deployment = Deployment::new(database);
+        let role = |instances: &[(&str, String)]| deployment.role(instances);
+
+        let users = deployment.users();
         let users_addr = users.addr("users").to_string();
         let catalog_setup = role(&[("users", users_addr.clone())]);
         let catalog = catalog_setup.start_roles(&["service", "catalog"], &["catalog"]);

@@ -482,3 +482,11 @@ pub async fn eventually<T>(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Held by tests whose platforms consume RabbitMQ queues: the consumers' queues have fixed
+/// names on the shared broker, so two such platforms at once would take each other's
+/// messages.
+pub async fn rabbitmq_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}

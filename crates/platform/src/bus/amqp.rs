@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
-    Bus, CLOUDEVENTS_JSON, ConsumeError, Consumer, Event, OutboxColumn, StoredEvent, deliver, now,
+    Bus, CLOUDEVENTS_JSON, ConsumeError, Consumer, Event, Listener, OutboxColumn, StoredEvent,
+    deliver, now,
 };
 use crate::db::{Backend, is_unavailable};
 use crate::jobs::{Backoff, random_unit};
@@ -460,6 +461,99 @@ impl Bus {
             if !pause(delay, shutdown).await {
                 return false;
             }
+        }
+    }
+}
+
+/// Runs `listener` until `shutdown` on a queue of its own: exclusive, server-named, deleted
+/// with the connection (each process its own subscription; no database needed).
+pub async fn run_listener(
+    listener: Arc<dyn Listener>,
+    settings: AmqpSettings,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = listener_session(listener.as_ref(), &settings, &shutdown, &mut failures) => result,
+        };
+        let Err(err) = result else { return };
+        failures = failures.saturating_add(1);
+        let delay = RECONNECT.delay(failures, 0.5 + random_unit() / 2.0);
+        metrics::counter!("bus_amqp_reconnects_total", "role" => "listener").increment(1);
+        tracing::warn!(listener = listener.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
+            "event listener lost RabbitMQ; reconnecting");
+        if !pause(delay, &shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn listener_session(
+    listener: &dyn Listener,
+    settings: &AmqpSettings,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+) -> Result<(), SessionError> {
+    let connection = connect(&settings.url).await?;
+    let channel = connection.create_channel().await?;
+    declare_exchanges(&channel).await?;
+    let queue = channel
+        .queue_declare(
+            short(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for topic in listener.topics() {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                short(EXCHANGE),
+                short(topic),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let mut deliveries = channel
+        .basic_consume(
+            queue.name().clone(),
+            short(listener.name()),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(
+        listener = listener.name(),
+        "event listener subscribed on RabbitMQ"
+    );
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => {
+                let _ = connection.close(200, short("shutdown")).await;
+                return Ok(());
+            }
+            next = deliveries.next() => next,
+        };
+        let delivery = match next {
+            Some(delivery) => delivery?,
+            None => return Err(SessionError::StreamEnded),
+        };
+        *failures = 0;
+        let event = serde_json::from_slice(&delivery.data)
+            .ok()
+            .and_then(|value| Event::from_cloudevent(&value));
+        if let Some(event) = event {
+            listener.on_events(std::slice::from_ref(&event)).await;
         }
     }
 }

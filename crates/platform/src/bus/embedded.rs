@@ -13,7 +13,9 @@ use std::time::Duration;
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Order, Query};
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, ConsumeError, Consumer, Event, OutboxColumn, StoredEvent, deliver_batch, now};
+use super::{
+    Bus, ConsumeError, Consumer, Event, Listener, OutboxColumn, StoredEvent, deliver_batch, now,
+};
 use crate::db::Backend;
 
 /// An arbitrary constant: the PostgreSQL advisory lock that serialises relays.
@@ -276,5 +278,94 @@ impl Bus {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Runs `listener` until `shutdown` on the events published from now on (the position
+    /// is kept in memory: a restarted process starts from its own start again).
+    pub async fn run_listener(
+        self,
+        listener: Arc<dyn Listener>,
+        settings: BusSettings,
+        shutdown: CancellationToken,
+    ) {
+        let mut position: Option<i64> = None;
+        loop {
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let read = match position {
+                None => self.log_end().await.map(|end| {
+                    position = Some(end);
+                    0
+                }),
+                Some(after) => self
+                    .listen_once(listener.as_ref(), after, settings.batch)
+                    .await
+                    .map(|(read, last)| {
+                        position = Some(last);
+                        read
+                    }),
+            };
+            let wait = match read {
+                Ok(read) if read == settings.batch as usize => continue,
+                Ok(_) => settings.poll_interval,
+                Err(err) => {
+                    tracing::warn!(listener = listener.name(), error = %err, "event listener failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = published => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// The position of the last published event (0 for none).
+    async fn log_end(&self) -> Result<i64, sqlx::Error> {
+        let select = Query::select()
+            .expr(Expr::cust("COALESCE(MAX(position), 0)"))
+            .from(OutboxColumn::Table)
+            .to_owned();
+        let rows: Vec<(i64,)> = self.db.fetch_all(&select).await?;
+        Ok(rows.first().map_or(0, |(end,)| *end))
+    }
+
+    /// Hands the events after `after` to `listener`; returns how many were read and the
+    /// position reached.
+    async fn listen_once(
+        &self,
+        listener: &dyn Listener,
+        after: i64,
+        limit: u32,
+    ) -> Result<(usize, i64), sqlx::Error> {
+        let select = Query::select()
+            .columns([
+                OutboxColumn::Id,
+                OutboxColumn::Type,
+                OutboxColumn::Source,
+                OutboxColumn::Subject,
+                OutboxColumn::Time,
+                OutboxColumn::Data,
+                OutboxColumn::Traceparent,
+                OutboxColumn::Position,
+            ])
+            .from(OutboxColumn::Table)
+            .and_where(Expr::col(OutboxColumn::Position).gt(after))
+            .order_by(OutboxColumn::Position, Order::Asc)
+            .limit(u64::from(limit))
+            .to_owned();
+        let rows: Vec<EventRow> = self.db.fetch_all(&select).await?;
+        let Some(last) = rows.last().map(|row| row.position) else {
+            return Ok((0, after));
+        };
+        let read = rows.len();
+        let events = rows.into_iter().map(|row| row.into_event().1).collect();
+        let wanted = super::wanted_by(listener.topics(), events);
+        if !wanted.is_empty() {
+            listener.on_events(&wanted).await;
+        }
+        Ok((read, last))
     }
 }

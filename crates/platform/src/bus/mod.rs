@@ -233,6 +233,35 @@ pub fn wants(consumer: &dyn Consumer, event_type: &str) -> bool {
         .any(|pattern| topic_matches(pattern, event_type))
 }
 
+/// The future a [`Listener`] returns.
+pub type ListenFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// An ephemeral subscriber with idempotent effects outside the database (a cache purger):
+/// no cursor, no processed ids, no transaction. It sees the events published after it
+/// started, on every backend; each process has its own subscription.
+pub trait Listener: Send + Sync + 'static {
+    /// Its name (logs).
+    fn name(&self) -> &str;
+
+    /// AMQP-style topic patterns of the event types it wants.
+    fn topics(&self) -> &[&str];
+
+    /// Handles events it wants (at least once, usually once).
+    fn on_events<'a>(&'a self, events: &'a [Event]) -> ListenFuture<'a>;
+}
+
+/// The events of `events` whose type matches one of `topics`.
+pub(crate) fn wanted_by(topics: &[&str], events: Vec<Event>) -> Vec<Event> {
+    events
+        .into_iter()
+        .filter(|event| {
+            topics
+                .iter()
+                .any(|pattern| topic_matches(pattern, &event.event_type))
+        })
+        .collect()
+}
+
 /// Hands `event` to `consumer` inside `tx` unless the consumer processed it before (or does
 /// not want it); records it as processed. Returns false when nothing was done (a redelivery).
 pub async fn deliver(

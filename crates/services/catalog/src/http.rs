@@ -161,7 +161,7 @@ pub async fn delete_category(
 pub async fn list_products(
     State(service): State<CatalogService>,
     QueryMap(query): QueryMap,
-) -> Result<Json<ProductPage>, Problem> {
+) -> Result<Response, Problem> {
     let filter = query
         .get("category")
         .filter(|text| !text.is_empty())
@@ -169,10 +169,28 @@ pub async fn list_products(
     let page = service
         .list_products(filter, &PageRequest::from_query(&query)?)
         .await?;
-    Ok(Json(ProductPage {
+    let page = Json(ProductPage {
         items: page.items.into_iter().map(ProductOut::from).collect(),
         next_cursor: page.next_cursor,
-    }))
+    });
+    Ok(tagged(PRODUCTS_TAG.to_owned(), page))
+}
+
+/// The `Cache-Tag` of every product list: any product event purges them at the gateway.
+pub const PRODUCTS_TAG: &str = "products";
+
+/// The `Cache-Tag` of one product's answers.
+pub fn product_tag(id: ProductId) -> String {
+    format!("product:{id}")
+}
+
+/// `response` with a `Cache-Tag` for the gateway's cache (purged by product events).
+fn tagged(tag: String, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert("cache-tag", value);
+    }
+    response
 }
 
 /// Creates a product.
@@ -207,9 +225,10 @@ pub async fn create_product(
 pub async fn get_product(
     State(service): State<CatalogService>,
     Path(id): Path<String>,
-) -> Result<Json<ProductOut>, Problem> {
+) -> Result<Response, Problem> {
     let id: ProductId = path_id(&id, "product")?;
-    Ok(Json(service.get_product(id).await?.into()))
+    let product: ProductOut = service.get_product(id).await?.into();
+    Ok(tagged(product_tag(id), Json(product)))
 }
 
 /// Replaces a product.

@@ -49,6 +49,13 @@ impl CatalogService {
         }
     }
 
+    /// Product changes write `product.created|updated|deleted` events (the product as data)
+    /// through `bus` in their transaction.
+    pub fn with_events(mut self, bus: logicore_platform::bus::Bus) -> Self {
+        self.store = self.store.with_events(bus);
+        self
+    }
+
     /// Writes need a caller with the `CatalogWrite` permission (roles admin or
     /// catalog_manager), handed over by the gateway as a request extension.
     pub fn with_write_guard(mut self) -> Self {

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use logicore_contracts::stock::{ReserveLine, ReservedLine};
 use logicore_contracts::{CategoryId, OrderId, ProductId};
+use logicore_platform::bus::{Bus, NewEvent};
 use logicore_platform::db::{self, Db, Tx, Violation};
 use sea_query::{Expr, ExprTrait, Iden, Order, Query, SelectStatement};
 use uuid::Uuid;
@@ -98,12 +99,49 @@ impl From<ProductRow> for Product {
 #[derive(Debug, Clone)]
 pub struct CatalogStore {
     db: Db,
+    /// Where product events go (in the transaction of the change), when attached.
+    bus: Option<Bus>,
 }
 
 impl CatalogStore {
     /// Wraps the database handle.
     pub fn new(db: Db) -> Self {
-        CatalogStore { db }
+        CatalogStore { db, bus: None }
+    }
+
+    /// Writes `product.created|updated|deleted` events through `bus`'s outbox, in the
+    /// transaction of each product change.
+    pub fn with_events(mut self, bus: Bus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Publishes `product.<what>` carrying the product as stored in `tx` (before a delete,
+    /// after any other change).
+    async fn product_event(
+        &self,
+        tx: &mut Tx,
+        id: ProductId,
+        what: &str,
+    ) -> Result<(), sqlx::Error> {
+        let Some(bus) = &self.bus else {
+            return Ok(());
+        };
+        let select = select_products()
+            .and_where(Expr::col(Products::Id).eq(id.as_uuid()))
+            .to_owned();
+        let Some(row) = tx.fetch_optional::<ProductRow>(&select).await? else {
+            return Ok(());
+        };
+        let data = serde_json::to_value(crate::dto::ProductOut::from(Product::from(row)))
+            .unwrap_or_default();
+        let event = NewEvent::new(
+            crate::SERVICE_NAME,
+            &format!("product.{what}"),
+            Some(id.to_string()),
+            data,
+        );
+        bus.publish(tx, event).await.map(drop)
     }
 
     /// Returns up to `limit` categories after `after`, in creation order.
@@ -252,7 +290,9 @@ impl CatalogStore {
                 product.updated_at.into(),
             ])
             .to_owned();
-        self.write(&insert, product_violation).await.map(drop)
+        self.write_product(&insert, product.id, "created")
+            .await
+            .map(drop)
     }
 
     /// Replaces the writable fields of a product; false when it does not exist.
@@ -277,7 +317,7 @@ impl CatalogStore {
             .value(Products::UpdatedAt, now)
             .and_where(Expr::col(Products::Id).eq(id.as_uuid()))
             .to_owned();
-        Ok(self.write(&update, product_violation).await? > 0)
+        Ok(self.write_product(&update, id, "updated").await? > 0)
     }
 
     /// Deletes a product; false when it does not exist.
@@ -286,7 +326,40 @@ impl CatalogStore {
             .from_table(Products::Table)
             .and_where(Expr::col(Products::Id).eq(id.as_uuid()))
             .to_owned();
-        Ok(self.write(&delete, product_violation).await? > 0)
+        Ok(self.write_product(&delete, id, "deleted").await? > 0)
+    }
+
+    /// Runs one product write in its own transaction with its event (the product as it was
+    /// for a delete, as it is for the rest).
+    async fn write_product(
+        &self,
+        statement: &impl db::SqlxBinder,
+        id: ProductId,
+        what: &str,
+    ) -> Result<u64, CatalogError> {
+        let mut tx: Tx = self.db.begin().await?;
+        if what == "deleted" {
+            self.product_event(&mut tx, id, what).await?;
+        }
+        let affected = tx
+            .execute(statement)
+            .await
+            .map_err(|err| match db::violation(&err) {
+                Some(violation) => product_violation(violation),
+                None => CatalogError::Storage(err),
+            })?;
+        if affected == 0 {
+            // Nothing changed (no such product): no event either.
+            return Ok(0);
+        }
+        if what != "deleted" {
+            self.product_event(&mut tx, id, what).await?;
+        }
+        tx.commit().await?;
+        if let Some(bus) = &self.bus {
+            bus.wake();
+        }
+        Ok(affected)
     }
 
     /// Runs one write in its own transaction, translating constraint violations.
