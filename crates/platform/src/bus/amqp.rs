@@ -11,6 +11,7 @@
 //! backoff. Any AMQP client can bind its own queue to [`EXCHANGE`] and read the events.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -79,6 +80,8 @@ enum SessionError {
     Nacked,
     #[error("the consumer stream ended")]
     StreamEnded,
+    #[error("the connection stalled while {0}")]
+    Stalled(&'static str),
 }
 
 const RECONNECT: Backoff = Backoff {
@@ -90,8 +93,34 @@ fn short(text: &str) -> ShortString {
     text.into()
 }
 
-async fn connect(url: &str) -> Result<Connection, lapin::Error> {
-    Connection::connect(url, ConnectionProperties::default()).await
+/// Bound on connecting and on waiting for RabbitMQ's answer to a publication: a connection
+/// that dies silently ends the session instead of stalling it.
+const AMQP_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connect(url: &str) -> Result<Connection, SessionError> {
+    tokio::time::timeout(
+        AMQP_TIMEOUT,
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await
+    .map_err(|_| SessionError::Stalled("connecting"))?
+    .map_err(SessionError::from)
+}
+
+/// Waits for the next message, checking every few seconds that the connection is still up
+/// (a consumer stream may stay silent when its connection breaks).
+async fn next_delivery(
+    connection: &Connection,
+    deliveries: &mut lapin::Consumer,
+) -> Result<lapin::message::Delivery, SessionError> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await {
+            Ok(Some(delivery)) => return Ok(delivery?),
+            Ok(None) => return Err(SessionError::StreamEnded),
+            Err(_) if connection.status().connected() => {}
+            Err(_) => return Err(SessionError::Stalled("consuming")),
+        }
+    }
 }
 
 /// Declares the exchanges (idempotent).
@@ -125,6 +154,37 @@ struct PendingRow {
     event: StoredEvent,
 }
 
+/// Runs `session` again and again until it ends cleanly or `shutdown`, pausing with backoff
+/// after failures; `session` resets `failures` once it is connected.
+async fn reconnecting<'a, F, Fut>(
+    role: &'static str,
+    name: &str,
+    shutdown: &CancellationToken,
+    session: F,
+) where
+    F: Fn(Arc<AtomicU32>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SessionError>> + 'a,
+{
+    let failures = Arc::new(AtomicU32::new(0));
+    loop {
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = session(Arc::clone(&failures)) => result,
+        };
+        let Err(err) = result else { return };
+        let failed = failures
+            .fetch_add(1, AtomicOrdering::Relaxed)
+            .saturating_add(1);
+        let delay = RECONNECT.delay(failed, 0.5 + random_unit() / 2.0);
+        metrics::counter!("bus_amqp_reconnects_total", "role" => role).increment(1);
+        tracing::warn!(role, name, error = %err, retry_in_ms = delay.as_millis() as u64,
+            "lost RabbitMQ; reconnecting");
+        if !pause(delay, shutdown).await {
+            return;
+        }
+    }
+}
+
 /// Sleeps `delay` unless `shutdown` comes first; false on shutdown.
 async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -137,28 +197,17 @@ impl Bus {
     /// Runs the relay to RabbitMQ until `shutdown`: publishes committed events with
     /// publisher confirms, then marks them published.
     pub async fn run_amqp_relay(self, settings: AmqpSettings, shutdown: CancellationToken) {
-        let mut failures = 0u32;
-        loop {
-            let result = tokio::select! {
-                () = shutdown.cancelled() => return,
-                result = self.relay_session(&settings, &shutdown, &mut failures) => result,
-            };
-            let Err(err) = result else { return };
-            failures = failures.saturating_add(1);
-            let delay = RECONNECT.delay(failures, 0.5 + random_unit() / 2.0);
-            metrics::counter!("bus_amqp_reconnects_total", "role" => "relay").increment(1);
-            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "event relay to RabbitMQ failed; reconnecting");
-            if !pause(delay, &shutdown).await {
-                return;
-            }
-        }
+        reconnecting("relay", "outbox", &shutdown, |failures| {
+            self.relay_session(&settings, &shutdown, failures)
+        })
+        .await;
     }
 
     async fn relay_session(
         &self,
         settings: &AmqpSettings,
         shutdown: &CancellationToken,
-        failures: &mut u32,
+        failures: Arc<AtomicU32>,
     ) -> Result<(), SessionError> {
         let connection = connect(&settings.url).await?;
         let channel = connection.create_channel().await?;
@@ -173,7 +222,7 @@ impl Bus {
             tokio::pin!(written);
             written.as_mut().enable();
             let published = self.publish_to_amqp(&channel, settings.batch).await?;
-            *failures = 0;
+            failures.store(0, AtomicOrdering::Relaxed);
             if published == u64::from(settings.batch) {
                 continue;
             }
@@ -191,16 +240,8 @@ impl Bus {
     /// Publishes up to `limit` unpublished events and marks those RabbitMQ confirmed.
     async fn publish_to_amqp(&self, channel: &Channel, limit: u32) -> Result<u64, SessionError> {
         let mut select = Query::select()
-            .columns([
-                OutboxColumn::Seq,
-                OutboxColumn::Id,
-                OutboxColumn::Type,
-                OutboxColumn::Source,
-                OutboxColumn::Subject,
-                OutboxColumn::Time,
-                OutboxColumn::Data,
-                OutboxColumn::Traceparent,
-            ])
+            .column(OutboxColumn::Seq)
+            .columns(super::EVENT_COLUMNS)
             .from(OutboxColumn::Table)
             .and_where(Expr::col(OutboxColumn::Position).is_null())
             .order_by(OutboxColumn::Seq, Order::Asc)
@@ -252,7 +293,10 @@ impl Bus {
             confirms.push(confirm);
         }
         for confirm in confirms {
-            if let Confirmation::Nack(_) = confirm.await? {
+            let confirmation = tokio::time::timeout(AMQP_TIMEOUT, confirm)
+                .await
+                .map_err(|_| SessionError::Stalled("waiting for publisher confirms"))??;
+            if let Confirmation::Nack(_) = confirmation {
                 return Err(SessionError::Nacked);
             }
         }
@@ -286,22 +330,10 @@ impl Bus {
         settings: AmqpSettings,
         shutdown: CancellationToken,
     ) {
-        let mut failures = 0u32;
-        loop {
-            let result = tokio::select! {
-                () = shutdown.cancelled() => return,
-                result = self.consumer_session(consumer.as_ref(), &settings, &shutdown, &mut failures) => result,
-            };
-            let Err(err) = result else { return };
-            failures = failures.saturating_add(1);
-            let delay = RECONNECT.delay(failures, 0.5 + random_unit() / 2.0);
-            metrics::counter!("bus_amqp_reconnects_total", "role" => "consumer").increment(1);
-            tracing::warn!(consumer = consumer.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
-                "event consumer lost RabbitMQ; reconnecting");
-            if !pause(delay, &shutdown).await {
-                return;
-            }
-        }
+        reconnecting("consumer", consumer.name(), &shutdown, |failures| {
+            self.consumer_session(consumer.as_ref(), &settings, &shutdown, failures)
+        })
+        .await;
     }
 
     async fn consumer_session(
@@ -309,7 +341,7 @@ impl Bus {
         consumer: &dyn Consumer,
         settings: &AmqpSettings,
         shutdown: &CancellationToken,
-        failures: &mut u32,
+        failures: Arc<AtomicU32>,
     ) -> Result<(), SessionError> {
         let connection = connect(&settings.url).await?;
         let channel = connection.create_channel().await?;
@@ -374,13 +406,10 @@ impl Bus {
                     let _ = connection.close(200, short("shutdown")).await;
                     return Ok(());
                 }
-                next = deliveries.next() => next,
+                next = next_delivery(&connection, &mut deliveries) => next,
             };
-            let delivery = match next {
-                Some(delivery) => delivery?,
-                None => return Err(SessionError::StreamEnded),
-            };
-            *failures = 0;
+            let delivery = next?;
+            failures.store(0, AtomicOrdering::Relaxed);
             let event = serde_json::from_slice(&delivery.data)
                 .ok()
                 .and_then(|value| Event::from_cloudevent(&value));
@@ -472,29 +501,17 @@ pub async fn run_listener(
     settings: AmqpSettings,
     shutdown: CancellationToken,
 ) {
-    let mut failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return,
-            result = listener_session(listener.as_ref(), &settings, &shutdown, &mut failures) => result,
-        };
-        let Err(err) = result else { return };
-        failures = failures.saturating_add(1);
-        let delay = RECONNECT.delay(failures, 0.5 + random_unit() / 2.0);
-        metrics::counter!("bus_amqp_reconnects_total", "role" => "listener").increment(1);
-        tracing::warn!(listener = listener.name(), error = %err, retry_in_ms = delay.as_millis() as u64,
-            "event listener lost RabbitMQ; reconnecting");
-        if !pause(delay, &shutdown).await {
-            return;
-        }
-    }
+    reconnecting("listener", listener.name(), &shutdown, |failures| {
+        listener_session(listener.as_ref(), &settings, &shutdown, failures)
+    })
+    .await;
 }
 
 async fn listener_session(
     listener: &dyn Listener,
     settings: &AmqpSettings,
     shutdown: &CancellationToken,
-    failures: &mut u32,
+    failures: Arc<AtomicU32>,
 ) -> Result<(), SessionError> {
     let connection = connect(&settings.url).await?;
     let channel = connection.create_channel().await?;
@@ -542,13 +559,10 @@ async fn listener_session(
                 let _ = connection.close(200, short("shutdown")).await;
                 return Ok(());
             }
-            next = deliveries.next() => next,
+            next = next_delivery(&connection, &mut deliveries) => next,
         };
-        let delivery = match next {
-            Some(delivery) => delivery?,
-            None => return Err(SessionError::StreamEnded),
-        };
-        *failures = 0;
+        let delivery = next?;
+        failures.store(0, AtomicOrdering::Relaxed);
         let event = serde_json::from_slice(&delivery.data)
             .ok()
             .and_then(|value| Event::from_cloudevent(&value));

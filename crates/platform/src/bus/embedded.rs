@@ -49,6 +49,19 @@ impl Default for BusSettings {
     }
 }
 
+/// Up to `limit` published events after log position `after`, in log order.
+fn events_after(after: i64, limit: u32) -> sea_query::SelectStatement {
+    let mut columns = super::EVENT_COLUMNS.to_vec();
+    columns.push(OutboxColumn::Position);
+    Query::select()
+        .columns(columns)
+        .from(OutboxColumn::Table)
+        .and_where(Expr::col(OutboxColumn::Position).gt(after))
+        .order_by(OutboxColumn::Position, Order::Asc)
+        .limit(u64::from(limit))
+        .to_owned()
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct EventRow {
     #[sqlx(flatten)]
@@ -185,22 +198,7 @@ impl Bus {
         limit: u32,
     ) -> Result<usize, ConsumeError> {
         let cursor = self.registered_cursor(consumer.name()).await?;
-        let select = Query::select()
-            .columns([
-                OutboxColumn::Id,
-                OutboxColumn::Type,
-                OutboxColumn::Source,
-                OutboxColumn::Subject,
-                OutboxColumn::Time,
-                OutboxColumn::Data,
-                OutboxColumn::Traceparent,
-                OutboxColumn::Position,
-            ])
-            .from(OutboxColumn::Table)
-            .and_where(Expr::col(OutboxColumn::Position).gt(cursor))
-            .order_by(OutboxColumn::Position, Order::Asc)
-            .limit(u64::from(limit))
-            .to_owned();
+        let select = events_after(cursor, limit);
         let rows: Vec<EventRow> = self.db.fetch_all(&select).await?;
         let Some(last) = rows.last().map(|row| row.position) else {
             return Ok(0);
@@ -340,22 +338,7 @@ impl Bus {
         after: i64,
         limit: u32,
     ) -> Result<(usize, i64), sqlx::Error> {
-        let select = Query::select()
-            .columns([
-                OutboxColumn::Id,
-                OutboxColumn::Type,
-                OutboxColumn::Source,
-                OutboxColumn::Subject,
-                OutboxColumn::Time,
-                OutboxColumn::Data,
-                OutboxColumn::Traceparent,
-                OutboxColumn::Position,
-            ])
-            .from(OutboxColumn::Table)
-            .and_where(Expr::col(OutboxColumn::Position).gt(after))
-            .order_by(OutboxColumn::Position, Order::Asc)
-            .limit(u64::from(limit))
-            .to_owned();
+        let select = events_after(after, limit);
         let rows: Vec<EventRow> = self.db.fetch_all(&select).await?;
         let Some(last) = rows.last().map(|row| row.position) else {
             return Ok((0, after));

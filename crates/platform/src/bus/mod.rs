@@ -338,6 +338,17 @@ fn count_consumed(consumer: &dyn Consumer, events: &[Event]) {
     }
 }
 
+/// The outbox columns of a [`StoredEvent`].
+pub(crate) const EVENT_COLUMNS: [OutboxColumn; 7] = [
+    OutboxColumn::Id,
+    OutboxColumn::Type,
+    OutboxColumn::Source,
+    OutboxColumn::Subject,
+    OutboxColumn::Time,
+    OutboxColumn::Data,
+    OutboxColumn::Traceparent,
+];
+
 /// An outbox row's event columns.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct StoredEvent {
@@ -409,15 +420,7 @@ impl Bus {
         let id = Uuid::now_v7();
         let insert = Query::insert()
             .into_table(OutboxColumn::Table)
-            .columns([
-                OutboxColumn::Id,
-                OutboxColumn::Type,
-                OutboxColumn::Source,
-                OutboxColumn::Subject,
-                OutboxColumn::Time,
-                OutboxColumn::Data,
-                OutboxColumn::Traceparent,
-            ])
+            .columns(EVENT_COLUMNS)
             .values_panic([
                 id.into(),
                 event.event_type.into(),
