@@ -31,16 +31,18 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 /// One answer of a receiver.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Answer {
     status: u16,
     retry_after: Option<&'static str>,
+    location: Option<String>,
     delay: Duration,
 }
 
 const OK: Answer = Answer {
     status: 200,
     retry_after: None,
+    location: None,
     delay: Duration::ZERO,
 };
 
@@ -67,7 +69,7 @@ struct Receiver {
 impl Receiver {
     async fn start(plan: &[Answer]) -> Receiver {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let plan = Arc::new(Mutex::new(plan.iter().copied().collect::<VecDeque<_>>()));
+        let plan = Arc::new(Mutex::new(plan.iter().cloned().collect::<VecDeque<_>>()));
         let (log, answers) = (Arc::clone(&received), Arc::clone(&plan));
         let app = Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let (log, answers) = (Arc::clone(&log), Arc::clone(&answers));
@@ -86,6 +88,11 @@ impl Receiver {
                     response
                         .headers_mut()
                         .insert(header::RETRY_AFTER, value.parse().unwrap());
+                }
+                if let Some(value) = &next.location {
+                    response
+                        .headers_mut()
+                        .insert(header::LOCATION, value.parse().unwrap());
                 }
                 response
             }
@@ -788,4 +795,34 @@ async fn secrets_move_to_a_new_key_with_rewrap() {
     );
     assert_eq!(both.rewrap().await.unwrap(), (0, 1), "nothing left to move");
     only_new.rotate_secret(&admin, endpoint.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let admin = principal("root", "admin");
+    for app in Harness::all(settings(&[0], true)).await {
+        let label = app.label;
+        let elsewhere = Receiver::start(&[]).await;
+        let moved = Answer {
+            location: Some(elsewhere.url()),
+            ..answer(307)
+        };
+        let receiver = Receiver::start(&[moved]).await;
+        let (endpoint, _) = app.endpoint(&admin, &receiver.url(), &["#"]).await;
+        app.publish("order.created", json!({"id": "o-1"})).await;
+        let failed = eventually("the delivery failed", async || {
+            let deliveries = app.deliveries(&admin, &endpoint).await;
+            deliveries
+                .first()
+                .filter(|delivery| delivery["status"] == "failed")
+                .cloned()
+        })
+        .await;
+        assert_eq!(failed["response_status"], 307, "{label}: {failed}");
+        assert_eq!(receiver.received().len(), 1, "{label}");
+        assert!(
+            elsewhere.received().is_empty(),
+            "{label}: the redirect was followed"
+        );
+    }
 }
