@@ -72,6 +72,61 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time from request received to response headers sent, by listener service, method, route template and status."
     );
+    // Background work (jobs, events, e-mail, webhooks): every series the platform emits has
+    // help text, as `promtool check metrics` wants.
+    for (name, help) in [
+        ("jobs_completed_total", "Jobs completed, by kind."),
+        (
+            "jobs_failed_total",
+            "Job attempts that failed, by kind and what follows (retry or dead).",
+        ),
+        (
+            "bus_events_published_total",
+            "Events the relay published (embedded log or RabbitMQ).",
+        ),
+        (
+            "bus_events_consumed_total",
+            "Events handled, by consumer and type.",
+        ),
+        (
+            "bus_redeliveries_skipped_total",
+            "Redelivered events a consumer had processed before, by consumer.",
+        ),
+        (
+            "bus_consumer_failures_total",
+            "Failed attempts to handle events, by consumer.",
+        ),
+        (
+            "bus_events_dead_lettered_total",
+            "Events a consumer gave up on (RabbitMQ dead-letter queue), by consumer.",
+        ),
+        (
+            "bus_amqp_reconnects_total",
+            "Lost RabbitMQ connections re-established, by role (relay, consumer, listener).",
+        ),
+        ("emails_sent_total", "E-mails handed to the sink, by kind."),
+        ("orders_created_total", "Orders placed."),
+        (
+            "webhook_attempts_total",
+            "Webhook delivery attempts, by outcome (delivered, retry, failed, gone).",
+        ),
+        (
+            "gateway_cache_event_purges_total",
+            "Gateway cache entries purged by product events.",
+        ),
+    ] {
+        metrics::describe_counter!(name, help);
+    }
+    metrics::describe_histogram!(
+        "jobs_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time a job's handler ran, by kind."
+    );
+    metrics::describe_histogram!(
+        "webhook_attempt_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time a webhook delivery attempt took, answer included."
+    );
 }
 
 /// Set once the process recorder is installed: from then on a registered handle stays valid,
