@@ -1,6 +1,7 @@
 //! Users storage: the only place with SQL.
 
 use chrono::{DateTime, Utc};
+use logicore_platform::bus::{Bus, NewEvent};
 use logicore_platform::db::{self, Db, Tx, Violation};
 use sea_query::{Expr, ExprTrait, Iden, Order, Query};
 use uuid::Uuid;
@@ -177,7 +178,17 @@ impl UsersStore {
                 Some(Violation::Unique) => UsersError::EmailTaken,
                 _ => UsersError::Storage(err),
             })?;
+        // SPEC §5: `user.registered` with `{id,email,name}`, in the same transaction.
+        let bus = Bus::new(self.db.clone());
+        let event = NewEvent::new(
+            crate::SERVICE_NAME,
+            "user.registered",
+            Some(user.id.to_string()),
+            serde_json::json!({"id": user.id, "email": user.email, "name": user.name}),
+        );
+        bus.publish(&mut tx, event).await?;
         tx.commit().await?;
+        bus.wake();
         Ok(())
     }
 

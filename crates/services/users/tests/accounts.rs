@@ -25,7 +25,12 @@ fn settings() -> TokenSettings {
 #[tokio::test]
 async fn ssns_are_stored_encrypted_bound_to_their_row_and_shown_masked() {
     for test_db in TestDb::all().await {
-        apply_migrations(&test_db.db, MIGRATIONS).await.unwrap();
+        apply_migrations(
+            &test_db.db,
+            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
+        )
+        .await
+        .unwrap();
         let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
         let service = UsersService::start(test_db.db.clone(), Arc::clone(&ring), settings())
             .await
@@ -84,7 +89,12 @@ async fn ssns_are_stored_encrypted_bound_to_their_row_and_shown_masked() {
 #[tokio::test]
 async fn rotate_and_rewrap_round_trip() {
     for test_db in TestDb::all().await {
-        apply_migrations(&test_db.db, MIGRATIONS).await.unwrap();
+        apply_migrations(
+            &test_db.db,
+            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
+        )
+        .await
+        .unwrap();
         let old_entry = KeyRing::generate_entry().replacen(':', "a:", 1);
         let old = Arc::new(KeyRing::parse(&old_entry, "old").unwrap());
         let service = UsersService::start(test_db.db.clone(), Arc::clone(&old), settings())
@@ -150,7 +160,12 @@ async fn a_configured_pem_key_signs_the_tokens() {
     use base64::Engine;
 
     let test_db = TestDb::sqlite().await;
-    apply_migrations(&test_db.db, MIGRATIONS).await.unwrap();
+    apply_migrations(
+        &test_db.db,
+        &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
+    )
+    .await
+    .unwrap();
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let pem = format!(
@@ -203,7 +218,12 @@ async fn a_configured_pem_key_signs_the_tokens() {
 #[tokio::test]
 async fn concurrent_refreshes_of_one_token_leave_no_second_chain() {
     for test_db in TestDb::all().await {
-        apply_migrations(&test_db.db, MIGRATIONS).await.unwrap();
+        apply_migrations(
+            &test_db.db,
+            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
+        )
+        .await
+        .unwrap();
         let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
         let service = UsersService::start(test_db.db.clone(), ring, settings())
             .await
@@ -242,5 +262,49 @@ async fn concurrent_refreshes_of_one_token_leave_no_second_chain() {
                 test_db.label()
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_new_account_publishes_user_registered_with_it() {
+    for test_db in TestDb::all().await {
+        apply_migrations(
+            &test_db.db,
+            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
+        )
+        .await
+        .unwrap();
+        let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
+        let service = UsersService::start(test_db.db.clone(), ring, settings())
+            .await
+            .unwrap();
+        let user = service
+            .register("new@example.com".into(), "long enough".into(), "Nia".into())
+            .await
+            .unwrap();
+        let taken = service
+            .register("new@example.com".into(), "long enough".into(), "Nia".into())
+            .await;
+        assert!(taken.is_err());
+        let select = sea_query::Query::select()
+            .columns(["type", "subject", "data"])
+            .from("outbox")
+            .to_owned();
+        let events: Vec<(String, Option<String>, String)> =
+            test_db.db.fetch_all(&select).await.unwrap();
+        assert_eq!(
+            events.len(),
+            1,
+            "{}: one event, none for the refused",
+            test_db.label()
+        );
+        let (event_type, subject, data) = &events[0];
+        assert_eq!(event_type, "user.registered");
+        assert_eq!(subject.as_deref(), Some(user.id.to_string().as_str()));
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            data,
+            json!({"id": user.id, "email": "new@example.com", "name": "Nia"})
+        );
     }
 }
