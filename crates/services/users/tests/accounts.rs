@@ -1,4 +1,5 @@
 //! The users service on every database of the run: SSNs stored encrypted and shown masked.
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly by unwrapping")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,15 +23,29 @@ fn settings() -> TokenSettings {
     }
 }
 
+/// Migrates `test_db` (the users tables and the outbox their events go to).
+async fn migrate(test_db: &TestDb) {
+    apply_migrations(
+        &test_db.db,
+        &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
+    )
+    .await
+    .unwrap();
+}
+
+/// The service on a migrated `test_db` with a fresh key ring.
+async fn service_on(test_db: &TestDb) -> UsersService {
+    migrate(test_db).await;
+    let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
+    UsersService::start(test_db.db.clone(), ring, settings())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn ssns_are_stored_encrypted_bound_to_their_row_and_shown_masked() {
     for test_db in TestDb::all().await {
-        apply_migrations(
-            &test_db.db,
-            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
-        )
-        .await
-        .unwrap();
+        migrate(&test_db).await;
         let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
         let service = UsersService::start(test_db.db.clone(), Arc::clone(&ring), settings())
             .await
@@ -89,12 +104,7 @@ async fn ssns_are_stored_encrypted_bound_to_their_row_and_shown_masked() {
 #[tokio::test]
 async fn rotate_and_rewrap_round_trip() {
     for test_db in TestDb::all().await {
-        apply_migrations(
-            &test_db.db,
-            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
-        )
-        .await
-        .unwrap();
+        migrate(&test_db).await;
         let old_entry = KeyRing::generate_entry().replacen(':', "a:", 1);
         let old = Arc::new(KeyRing::parse(&old_entry, "old").unwrap());
         let service = UsersService::start(test_db.db.clone(), Arc::clone(&old), settings())
@@ -160,12 +170,7 @@ async fn a_configured_pem_key_signs_the_tokens() {
     use base64::Engine;
 
     let test_db = TestDb::sqlite().await;
-    apply_migrations(
-        &test_db.db,
-        &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
-    )
-    .await
-    .unwrap();
+    migrate(&test_db).await;
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     let pem = format!(
@@ -218,16 +223,7 @@ async fn a_configured_pem_key_signs_the_tokens() {
 #[tokio::test]
 async fn concurrent_refreshes_of_one_token_leave_no_second_chain() {
     for test_db in TestDb::all().await {
-        apply_migrations(
-            &test_db.db,
-            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
-        )
-        .await
-        .unwrap();
-        let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
-        let service = UsersService::start(test_db.db.clone(), ring, settings())
-            .await
-            .unwrap();
+        let service = service_on(&test_db).await;
         service
             .register("race@example.com".into(), "long enough".into(), "R".into())
             .await
@@ -268,16 +264,7 @@ async fn concurrent_refreshes_of_one_token_leave_no_second_chain() {
 #[tokio::test]
 async fn a_new_account_publishes_user_registered_with_it() {
     for test_db in TestDb::all().await {
-        apply_migrations(
-            &test_db.db,
-            &[logicore_platform::bus::MIGRATIONS, MIGRATIONS].concat(),
-        )
-        .await
-        .unwrap();
-        let ring = Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "test").unwrap());
-        let service = UsersService::start(test_db.db.clone(), ring, settings())
-            .await
-            .unwrap();
+        let service = service_on(&test_db).await;
         let user = service
             .register("new@example.com".into(), "long enough".into(), "Nia".into())
             .await
