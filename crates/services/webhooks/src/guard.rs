@@ -106,10 +106,18 @@ impl TargetGuard {
     /// Checks one address.
     pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), Refused> {
         match non_public_range(ip) {
-            Some(range) if !self.allow_private => Err(Refused(format!(
-                "the target {host} is {ip}, a {range} address: webhooks go to public addresses \
-                 only (webhooks.allow_private_targets)"
-            ))),
+            Some(range) if !self.allow_private => {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let target = if host == ip.to_string() {
+                    format!("the target {ip} is")
+                } else {
+                    format!("the target {host} resolves to {ip},")
+                };
+                Err(Refused(format!(
+                    "{target} a {range} address: webhooks go to public addresses only \
+                     (webhooks.allow_private_targets)"
+                )))
+            }
             _ => Ok(()),
         }
     }
