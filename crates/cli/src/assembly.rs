@@ -781,6 +781,17 @@ impl Background {
             )),
             Arc::new(logicore_webhooks::FanOut::new(webhooks.clone())),
         ];
+        let amqp = amqp_settings(config).map(|amqp| AmqpSettings {
+            // Declared by the relay too: no event is published to a queue not there yet.
+            queues: consumers
+                .iter()
+                .map(|consumer| {
+                    let topics = consumer.topics().iter().map(|t| (*t).to_owned());
+                    (consumer.name().to_owned(), topics.collect())
+                })
+                .collect(),
+            ..amqp
+        });
         Ok(Background {
             db: db.clone(),
             worker,
@@ -789,7 +800,7 @@ impl Background {
             consumers,
             orders,
             webhooks,
-            amqp: amqp_settings(config),
+            amqp,
         })
     }
 

@@ -51,10 +51,11 @@ pub async fn run(db: Db, jobs: Jobs, bus: Bus, shutdown: CancellationToken) {
                 // Reconnecting: whatever came meanwhile was missed.
                 Ok(None) => wake_all(),
                 Err(err) => {
+                    // Listen afresh (a new connection, then everything is woken once).
                     tracing::warn!(error = %err, "lost the wake-up channel; polling meanwhile");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                        () = tokio::time::sleep(RETRY_AFTER) => break,
                     }
                 }
             }

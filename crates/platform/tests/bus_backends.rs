@@ -121,6 +121,8 @@ struct Rig {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     consumers: Vec<String>,
+    /// Queues the relay declares (RabbitMQ), as the platform declares its consumers'.
+    declared: Vec<(String, Vec<String>)>,
     label: String,
     _db: TestDb,
 }
@@ -145,6 +147,7 @@ impl Rig {
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
             consumers: Vec::new(),
+            declared: Vec::new(),
             label,
             _db: test_db,
         }
@@ -164,8 +167,47 @@ impl Rig {
         AmqpSettings {
             max_attempts: 5,
             poll_interval: Duration::from_millis(50),
+            queues: self.declared.clone(),
             ..AmqpSettings::new(url)
         }
+    }
+
+    /// A consumer's name and topics (under this rig's prefix), not started yet.
+    fn plan(&mut self, patterns: &[&str]) -> (String, Vec<String>) {
+        let name = format!("{}-{}", self.prefix, self.consumers.len());
+        let topics: Vec<String> = patterns
+            .iter()
+            .map(|pattern| format!("{}.{pattern}", self.prefix))
+            .collect();
+        self.consumers.push(name.clone());
+        (name, topics)
+    }
+
+    /// Starts a planned consumer.
+    fn start_consumer(
+        &mut self,
+        name: String,
+        topics: Vec<String>,
+        fail_first: u32,
+        url: Option<&str>,
+    ) {
+        let consumer: Arc<dyn Consumer> = Recorder::new(name, topics, fail_first);
+        let task = match &self.backend {
+            Backend::Embedded => tokio::spawn(self.bus.clone().run_consumer(
+                consumer,
+                Rig::embedded(),
+                self.shutdown.clone(),
+            )),
+            Backend::Amqp(own) => {
+                let settings = self.amqp(url.unwrap_or(own));
+                tokio::spawn(self.bus.clone().run_amqp_consumer(
+                    consumer,
+                    settings,
+                    self.shutdown.clone(),
+                ))
+            }
+        };
+        self.tasks.push(task);
     }
 
     fn embedded() -> BusSettings {
@@ -198,29 +240,8 @@ impl Rig {
     /// A consumer of `patterns` (under this rig's prefix) failing its first `fail_first`
     /// poison events; returns its name.
     fn consumer(&mut self, patterns: &[&str], fail_first: u32, url: Option<&str>) -> String {
-        let name = format!("{}-{}", self.prefix, self.consumers.len());
-        let topics = patterns
-            .iter()
-            .map(|pattern| format!("{}.{pattern}", self.prefix))
-            .collect();
-        let consumer: Arc<dyn Consumer> = Recorder::new(name.clone(), topics, fail_first);
-        let task = match &self.backend {
-            Backend::Embedded => tokio::spawn(self.bus.clone().run_consumer(
-                consumer,
-                Rig::embedded(),
-                self.shutdown.clone(),
-            )),
-            Backend::Amqp(own) => {
-                let settings = self.amqp(url.unwrap_or(own));
-                tokio::spawn(self.bus.clone().run_amqp_consumer(
-                    consumer,
-                    settings,
-                    self.shutdown.clone(),
-                ))
-            }
-        };
-        self.tasks.push(task);
-        self.consumers.push(name.clone());
+        let (name, topics) = self.plan(patterns);
+        self.start_consumer(name.clone(), topics, fail_first, url);
         name
     }
 
@@ -551,6 +572,43 @@ async fn a_connection_cut_and_restored_loses_and_doubles_nothing() {
         assert_eq!(seen.len(), written.len(), "{label}: every event arrived");
         let doubled: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
         assert!(doubled.is_empty(), "{label}: doubled {doubled:?}");
+        rig.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn events_published_before_a_consumer_first_connected_reach_it() {
+    for mut rig in Rig::all().await {
+        let label = rig.label.clone();
+        let (name, topics) = rig.plan(&["#"]);
+        rig.declared.push((name.clone(), topics.clone()));
+        rig.relay(None);
+        let written = rig.publish(&["thing.early", "thing.earlier"], true).await;
+        // Wait until the relay published them, with no consumer connected yet.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: Vec<(i64,)> = rig
+                .db
+                .fetch_all(
+                    &Query::select()
+                        .expr(sea_query::Expr::col("seq").count())
+                        .from("outbox")
+                        .and_where(sea_query::Expr::col("position").is_null())
+                        .to_owned(),
+                )
+                .await
+                .unwrap();
+            if waiting[0].0 == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{label}: never published");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rig.start_consumer(name.clone(), topics, 0, None);
+        let seen = rig.wait_for_effects(&name, 2).await;
+        for id in ids(&written) {
+            assert_eq!(seen.get(&id), Some(&1), "{label}: {id}");
+        }
         rig.stop().await;
     }
 }

@@ -54,6 +54,9 @@ pub struct AmqpSettings {
     pub max_attempts: u32,
     /// How often the outbox is looked at when nothing woke the relay.
     pub poll_interval: Duration,
+    /// The consumers' queues (name, topics) the relay declares before publishing, so an
+    /// event published before a consumer first connected still reaches its queue.
+    pub queues: Vec<(String, Vec<String>)>,
 }
 
 impl AmqpSettings {
@@ -65,6 +68,7 @@ impl AmqpSettings {
             prefetch: 64,
             max_attempts: 10,
             poll_interval: Duration::from_millis(100),
+            queues: Vec::new(),
         }
     }
 }
@@ -142,6 +146,57 @@ async fn declare_exchanges(channel: &Channel) -> Result<(), lapin::Error> {
     Ok(())
 }
 
+/// Declares `consumer`'s durable queue bound with `topics`, and its dead-letter queue
+/// (idempotent); returns the queue's name.
+async fn declare_consumer_queue(
+    channel: &Channel,
+    consumer: &str,
+    topics: &[&str],
+) -> Result<String, lapin::Error> {
+    let queue = queue_name(consumer);
+    let dead_queue = format!("logicore.dead.{consumer}");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(short(&dead_queue), durable, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            short(&dead_queue),
+            short(DEAD_EXCHANGE),
+            short(consumer),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        short("x-dead-letter-exchange"),
+        AMQPValue::LongString(DEAD_EXCHANGE.into()),
+    );
+    arguments.insert(
+        short("x-dead-letter-routing-key"),
+        AMQPValue::LongString(consumer.into()),
+    );
+    channel
+        .queue_declare(short(&queue), durable, arguments)
+        .await?;
+    for topic in topics {
+        channel
+            .queue_bind(
+                short(&queue),
+                short(EXCHANGE),
+                short(topic),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(queue)
+}
+
 /// The name of a consumer's queue.
 pub fn queue_name(consumer: &str) -> String {
     format!("logicore.{consumer}")
@@ -215,6 +270,10 @@ impl Bus {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         declare_exchanges(&channel).await?;
+        for (consumer, topics) in &settings.queues {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            declare_consumer_queue(&channel, consumer, &topics).await?;
+        }
         tracing::info!("event relay connected to RabbitMQ");
         loop {
             // Listen before reading, so a commit during the read is not missed.
@@ -346,47 +405,7 @@ impl Bus {
         let connection = connect(&settings.url).await?;
         let channel = connection.create_channel().await?;
         declare_exchanges(&channel).await?;
-        let queue = queue_name(consumer.name());
-        let dead_queue = format!("logicore.dead.{}", consumer.name());
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(short(&dead_queue), durable, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                short(&dead_queue),
-                short(DEAD_EXCHANGE),
-                short(consumer.name()),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            short("x-dead-letter-exchange"),
-            AMQPValue::LongString(DEAD_EXCHANGE.into()),
-        );
-        arguments.insert(
-            short("x-dead-letter-routing-key"),
-            AMQPValue::LongString(consumer.name().into()),
-        );
-        channel
-            .queue_declare(short(&queue), durable, arguments)
-            .await?;
-        for topic in consumer.topics() {
-            channel
-                .queue_bind(
-                    short(&queue),
-                    short(EXCHANGE),
-                    short(topic),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        let queue = declare_consumer_queue(&channel, consumer.name(), consumer.topics()).await?;
         channel
             .basic_qos(settings.prefetch, BasicQosOptions::default())
             .await?;

@@ -55,7 +55,8 @@ pub(crate) struct Announcer {
     pool: PgPool,
     pending: [AtomicBool; 2],
     wake: Notify,
-    started: AtomicBool,
+    /// The sending task, started on the first announcement and again if its runtime ended.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     suffix: OnceCell<String>,
 }
 
@@ -65,17 +66,22 @@ impl Announcer {
             pool,
             pending: [AtomicBool::new(false), AtomicBool::new(false)],
             wake: Notify::new(),
-            started: AtomicBool::new(false),
+            task: std::sync::Mutex::new(None),
             suffix: OnceCell::new(),
         })
     }
 
     fn announce(self: &Arc<Self>, topic: Topic) {
         self.pending[topic.index()].store(true, Ordering::Release);
-        if !self.started.swap(true, Ordering::AcqRel) {
+        {
+            let mut task = self
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let running = task.as_ref().is_some_and(|task| !task.is_finished());
             // Outside a runtime (never in practice) the announcement is simply not sent.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(Arc::clone(self).run());
+            if !running && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                *task = Some(runtime.spawn(Arc::clone(self).run()));
             }
         }
         self.wake.notify_one();

@@ -216,10 +216,12 @@ impl OrdersService {
             Ok(reserved) => reserved,
             Err(error) => {
                 if matches!(error, StockError::Unavailable { .. }) {
-                    // The reservation may have been made; give it back before forgetting.
-                    if self.stock.release(order.id).await.is_err() {
-                        return Err(stock_error(error));
-                    }
+                    // The outcome is unknown: the catalog may still commit the reservation
+                    // after this call gave up on it (a timeout). Give back what is there now
+                    // (best effort), and again after the timeout, when a late commit is in.
+                    let _ = self.stock.release(order.id).await;
+                    self.forget_pending_releasing_later(order.id).await;
+                    return Err(stock_error(error));
                 }
                 self.forget_pending(order.id).await;
                 return Err(stock_error(error));
@@ -284,10 +286,29 @@ impl OrdersService {
 
     /// Deletes a pending order and its timeout (best effort: the timeout does it otherwise).
     async fn forget_pending(&self, id: OrderId) {
+        self.forget(id, false).await;
+    }
+
+    /// [`Self::forget_pending`], leaving a stock release due after [`ABANDON_AFTER`] for a
+    /// reservation whose outcome is unknown.
+    async fn forget_pending_releasing_later(&self, id: OrderId) {
+        self.forget(id, true).await;
+    }
+
+    async fn forget(&self, id: OrderId, release_later: bool) {
         let forgotten = async {
             let mut tx = self.store.db().begin().await?;
             self.store.delete_pending(&mut tx, id).await?;
             self.jobs.cancel(&mut tx, &abandon_key(id)).await?;
+            if release_later {
+                let due = chrono::Utc::now()
+                    + chrono::Duration::from_std(ABANDON_AFTER).unwrap_or_default();
+                let release = NewJob::new(RELEASE_JOB, json!({ "order_id": id }))
+                    .at(due)
+                    .unique(format!("{RELEASE_JOB}:{id}"))
+                    .max_attempts(25);
+                self.jobs.enqueue(&mut tx, release).await?;
+            }
             tx.commit().await
         }
         .await;

@@ -711,3 +711,98 @@ async fn one_idempotency_key_sent_concurrently_makes_one_order() {
         assert_eq!(listed.body["items"].as_array().unwrap().len(), 1, "{label}");
     }
 }
+
+/// A catalog that gives up answering before its reservation commits (a timeout): the call
+/// says "unavailable", the reservation lands a moment later.
+struct LateCommit(CatalogService);
+
+impl Stock for LateCommit {
+    fn reserve<'a>(
+        &'a self,
+        order: OrderId,
+        lines: &'a [ReserveLine],
+    ) -> logicore_contracts::stock::StockFuture<'a, Vec<logicore_contracts::stock::ReservedLine>>
+    {
+        let (catalog, lines) = (self.0.clone(), lines.to_vec());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            catalog.reserve(order, &lines).await.unwrap();
+        });
+        Box::pin(async {
+            Err(logicore_contracts::stock::StockError::Unavailable {
+                message: "timed out".into(),
+            })
+        })
+    }
+
+    fn release(&self, order: OrderId) -> logicore_contracts::stock::StockFuture<'_, ()> {
+        self.0.release(order)
+    }
+}
+
+#[tokio::test]
+async fn a_reservation_that_commits_after_its_call_gave_up_is_given_back_later() {
+    for test_db in TestDb::all().await {
+        let label = test_db.label();
+        let db = test_db.db.clone();
+        let migrations = [
+            jobs::MIGRATIONS,
+            bus::MIGRATIONS,
+            logicore_catalog::MIGRATIONS,
+            MIGRATIONS,
+        ]
+        .concat();
+        apply_migrations(&db, &migrations).await.unwrap();
+        let catalog = CatalogService::new(db.clone());
+        let jobs = Jobs::new(db.clone());
+        let orders = OrdersService::new(
+            OrderStore::new(db.clone()),
+            Bus::new(db.clone()),
+            jobs.clone(),
+            Arc::new(LateCommit(catalog.clone())),
+        );
+        let app = App {
+            router: router(orders.clone()).0,
+            orders,
+            catalog,
+            jobs,
+            db,
+            label,
+            _db: test_db,
+        };
+        let alice = principal("alice", "customer");
+        let pen = app.product("PEN", 250, 10).await;
+        let refused = app.place(&alice, order_body(&[(pen, 3)]), None).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{label}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            app.stock(pen).await,
+            7,
+            "{label}: the late reservation is in"
+        );
+
+        // A release is due after the abandon timeout; when it runs, the stock is back.
+        let due: Vec<_> = app
+            .jobs
+            .list(Some(JobState::Available), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|job| job.kind == logicore_orders::service::RELEASE_JOB)
+            .collect();
+        assert_eq!(due.len(), 1, "{label}");
+        assert!(
+            due[0].run_at > chrono::Utc::now(),
+            "{label}: not before the timeout"
+        );
+        let order: OrderId = due[0]
+            .unique_key
+            .as_deref()
+            .and_then(|key| key.rsplit(':').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        app.orders.release_stock(order).await.unwrap();
+        assert_eq!(app.stock(pen).await, 10, "{label}: given back");
+    }
+}

@@ -22,6 +22,9 @@ use crate::store::AttemptRecord;
 /// Bytes of an answer kept in the attempt log.
 const EXCERPT_BYTES: usize = 1024;
 
+/// Pause after a failure of this side (the database) before the attempt is made again.
+const INTERNAL_RETRY: Duration = Duration::from_secs(5);
+
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -134,13 +137,35 @@ impl WebhooksService {
 
     /// The `webhooks.deliver` job: one attempt of a delivery.
     pub async fn deliver(&self, job: &Job) -> Result<(), JobError> {
-        let retry = |err: &dyn std::fmt::Display| JobError::Retry(err.to_string());
         let delivery_id = job
             .payload
             .get("delivery_id")
             .and_then(|id| id.as_str())
             .and_then(|id| id.parse::<Uuid>().ok())
             .ok_or_else(|| JobError::Discard("the payload has no delivery_id".into()))?;
+        let result = self.attempt(job, delivery_id).await;
+        if let Err(JobError::Retry(why)) = &result {
+            // Not an answer of the receiver but a failure here (the database): try again
+            // soon; when the job's attempts are used up, the delivery is marked failed so a
+            // person can send it again.
+            if job.attempt >= job.max_attempts {
+                let reason = format!("gave up after an internal error: {why}");
+                if let Err(err) = self.store.give_up(delivery_id, &reason, now()).await {
+                    tracing::error!(delivery = %delivery_id, error = %err, "cannot mark a webhook delivery failed");
+                }
+                return Err(JobError::Discard(reason));
+            }
+            return Err(JobError::RetryAfter {
+                message: why.clone(),
+                delay: INTERNAL_RETRY,
+            });
+        }
+        result
+    }
+
+    /// One attempt of `delivery_id`.
+    async fn attempt(&self, job: &Job, delivery_id: Uuid) -> Result<(), JobError> {
+        let retry = |err: &dyn std::fmt::Display| JobError::Retry(err.to_string());
         let Some(delivery) = self
             .store
             .delivery(delivery_id)
@@ -171,7 +196,20 @@ impl WebhooksService {
             .await
             .map_err(|e| retry(&e))?
             .unwrap_or_default();
-        let keys = self.signing_keys(&endpoint).map_err(|e| retry(&e))?;
+        let keys = match self.signing_keys(&endpoint) {
+            Ok(keys) if !keys.is_empty() => keys,
+            // A secret that cannot be read will not become readable by waiting (keys
+            // missing from the ring): give up rather than send unsigned messages.
+            Ok(_) | Err(_) => {
+                let reason = "the endpoint's signing secret cannot be read (encryption keys?)";
+                tracing::error!(endpoint = %endpoint.id, "{reason}");
+                self.store
+                    .give_up(delivery_id, reason, now())
+                    .await
+                    .map_err(|e| retry(&e))?;
+                return Err(JobError::Discard(reason.into()));
+            }
+        };
         let outcome = self
             .send(&endpoint.url, &keys, delivery.event_id, body)
             .await;

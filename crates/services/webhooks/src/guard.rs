@@ -66,6 +66,8 @@ fn v6_range(ip: Ipv6Addr) -> Option<&'static str> {
         "site-local (fec0::/10)"
     } else if segments[0] & 0xff00 == 0xff00 {
         "multicast (ff00::/8)"
+    } else if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2] == 1 {
+        "local-use NAT64 (64:ff9b:1::/48)"
     } else if segments[0] == 0x2001 && segments[1] == 0x0db8 {
         "documentation (2001:db8::/32)"
     } else if segments[0] == 0x0100 && segments[1..4] == [0, 0, 0] {
@@ -88,9 +90,18 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     };
     match segments {
         [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail()),
+        // SIIT (`::ffff:0:a.b.c.d`).
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(tail()),
         // `::a.b.c.d` but not `::` and `::1`, which are their own kind.
         [0, 0, 0, 0, 0, 0, high, _] if high != 0 => Some(tail()),
+        // NAT64, well-known prefix (`64:ff9b::/96`).
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail()),
+        // 6to4 (`2002:aabb:ccdd::/48` carries a.b.c.d in its second and third groups).
+        [0x2002, high, low, ..] => {
+            let [a, b] = high.to_be_bytes();
+            let [c, d] = low.to_be_bytes();
+            Some(Ipv4Addr::new(a, b, c, d))
+        }
         _ => None,
     }
 }
@@ -234,6 +245,9 @@ mod tests {
             "http://[::ffff:127.0.0.1]/",
             "http://[::ffff:169.254.169.254]/",
             "http://[64:ff9b::a00:1]/",
+            "http://[64:ff9b:1::a00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://[::ffff:0:a00:1]/",
             "http://[::]/",
             "http://224.0.0.1/",
             "http://255.255.255.255/",

@@ -23,6 +23,9 @@ use crate::store::{EndpointRow, WebhookStore};
 /// The job kind of one delivery attempt series.
 pub const DELIVER_JOB: &str = "webhooks.deliver";
 
+/// A pending delivery this long past its due time has no job left behind it.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10 * 60);
+
 /// How long the secret before a rotation keeps signing beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
@@ -83,7 +86,9 @@ impl WebhooksService {
             .timeout(settings.timeout)
             .user_agent(concat!("LogiCore-Webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
+            // Never fall back to a client without the guard: without a TLS backend the
+            // process cannot do its job anyway.
+            .expect("the webhook HTTP client (TLS backend) cannot be built");
         WebhooksService {
             store,
             jobs,
@@ -376,7 +381,12 @@ impl WebhooksService {
         delivery: Uuid,
     ) -> Result<Delivery, WebhookError> {
         let found = self.visible_delivery(caller, endpoint, delivery).await?;
-        if found.status == DeliveryStatus::Pending {
+        // A pending delivery whose next attempt is long overdue lost its job (a worker died
+        // on its last attempt): it may be sent again like a failed one.
+        let overdue = found.next_attempt_at.is_none_or(|due| {
+            due < Utc::now() - chrono::Duration::from_std(STUCK_AFTER).unwrap_or_default()
+        });
+        if found.status == DeliveryStatus::Pending && !overdue {
             return Err(WebhookError::Conflict(
                 "this delivery is already waiting for its next attempt".into(),
             ));
@@ -395,11 +405,15 @@ impl WebhooksService {
             json!({ "delivery_id": delivery, "manual": true }),
         )
         .unique(format!(
-            "webhook-delivery:{delivery}:retry-after:{}",
-            found.attempt
+            "webhook-delivery:{delivery}:retry:{}",
+            Uuid::now_v7()
         ))
         .max_attempts(1);
-        self.jobs.enqueue(&mut tx, job).await?;
+        if self.jobs.enqueue(&mut tx, job).await?.is_none() {
+            return Err(WebhookError::Conflict(
+                "this delivery is already being sent again".into(),
+            ));
+        }
         tx.commit().await?;
         self.jobs.wake();
         self.store

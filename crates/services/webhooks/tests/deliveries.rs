@@ -826,3 +826,77 @@ async fn redirects_are_not_followed() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_secret_fails_the_delivery_instead_of_sending_it_unsigned() {
+    let admin = principal("root", "admin");
+    for app in Harness::all(settings(&[0, 50, 50], true)).await {
+        let label = app.label;
+        let receiver = Receiver::start(&[]).await;
+        // Registered by a process with other encryption keys than the worker's.
+        let elsewhere = WebhooksService::new(
+            WebhookStore::new(app.db.clone()),
+            Jobs::new(app.db.clone()),
+            Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "other").unwrap()),
+            settings(&[0], true),
+        );
+        let endpoint = elsewhere
+            .create(&admin, json!({"url": receiver.url(), "event_types": ["#"]}))
+            .await
+            .unwrap();
+        app.publish("order.created", json!({"id": "o-1"})).await;
+        let failed = eventually("the delivery failed", async || {
+            let deliveries = app.deliveries(&admin, &endpoint.id.to_string()).await;
+            deliveries
+                .first()
+                .filter(|delivery| delivery["status"] == "failed")
+                .cloned()
+        })
+        .await;
+        assert!(
+            failed["error"].as_str().unwrap().contains("secret"),
+            "{label}: {failed}"
+        );
+        assert!(receiver.received().is_empty(), "{label}: sent unsigned");
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_left_pending_without_a_job_can_be_sent_again() {
+    let admin = principal("root", "admin");
+    for app in Harness::all(settings(&[0], true)).await {
+        let label = app.label;
+        let receiver = Receiver::start(&[answer(500)]).await;
+        let (endpoint, _) = app.endpoint(&admin, &receiver.url(), &["#"]).await;
+        app.publish("order.created", json!({"id": "o-1"})).await;
+        let failed = eventually("the delivery failed", async || {
+            let deliveries = app.deliveries(&admin, &endpoint).await;
+            deliveries
+                .first()
+                .filter(|delivery| delivery["status"] == "failed")
+                .cloned()
+        })
+        .await;
+        let delivery = failed["id"].as_str().unwrap().to_owned();
+        let retry = format!("/api/v1/webhooks/endpoints/{endpoint}/deliveries/{delivery}/retry");
+        // As a worker that died on the last attempt leaves it: pending, due long ago.
+        let mut tx = app.db.begin().await.unwrap();
+        let stale = sea_query::Query::update()
+            .table("webhook_deliveries")
+            .value("status", "pending")
+            .value(
+                "next_attempt_at",
+                chrono::Utc::now() - chrono::Duration::hours(1),
+            )
+            .to_owned();
+        tx.execute(&stale).await.unwrap();
+        tx.commit().await.unwrap();
+        let (status, _) = app.call(&admin, Method::POST, &retry, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{label}");
+        eventually("the resent delivery", async || {
+            let deliveries = app.deliveries(&admin, &endpoint).await;
+            (deliveries[0]["status"] == "delivered").then_some(())
+        })
+        .await;
+    }
+}
