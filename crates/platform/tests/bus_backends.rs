@@ -265,6 +265,17 @@ impl Rig {
         ids
     }
 
+    /// Events in the outbox the relay has not published yet.
+    async fn unpublished(&self) -> i64 {
+        let select = Query::select()
+            .expr(sea_query::Expr::col("seq").count())
+            .from("outbox")
+            .and_where(sea_query::Expr::col("position").is_null())
+            .to_owned();
+        let rows: Vec<(i64,)> = self.db.fetch_all(&select).await.unwrap();
+        rows[0].0
+    }
+
     /// Effects per event id of `consumer`.
     async fn effects(&self, consumer: &str) -> HashMap<String, u32> {
         let select = Query::select()
@@ -287,12 +298,14 @@ impl Rig {
             if effects.len() >= expected {
                 return effects;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {consumer} saw {} of {expected} events",
-                self.label,
-                effects.len()
-            );
+            if Instant::now() >= deadline {
+                panic!(
+                    "{}: {consumer} saw {} of {expected} events ({} still unpublished)",
+                    self.label,
+                    effects.len(),
+                    self.unpublished().await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -543,19 +556,8 @@ async fn a_connection_cut_and_restored_loses_and_doubles_nothing() {
             }
             if round == 24 {
                 // The cut holds the relay back: events wait in the outbox.
-                let waiting: Vec<(i64,)> = rig
-                    .db
-                    .fetch_all(
-                        &Query::select()
-                            .expr(sea_query::Expr::col("seq").count())
-                            .from("outbox")
-                            .and_where(sea_query::Expr::col("position").is_null())
-                            .to_owned(),
-                    )
-                    .await
-                    .unwrap();
                 assert!(
-                    waiting[0].0 > 0,
+                    rig.unpublished().await > 0,
                     "{label}: the relay did not notice the cut"
                 );
             }
@@ -587,18 +589,7 @@ async fn events_published_before_a_consumer_first_connected_reach_it() {
         // Wait until the relay published them, with no consumer connected yet.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let waiting: Vec<(i64,)> = rig
-                .db
-                .fetch_all(
-                    &Query::select()
-                        .expr(sea_query::Expr::col("seq").count())
-                        .from("outbox")
-                        .and_where(sea_query::Expr::col("position").is_null())
-                        .to_owned(),
-                )
-                .await
-                .unwrap();
-            if waiting[0].0 == 0 {
+            if rig.unpublished().await == 0 {
                 break;
             }
             assert!(Instant::now() < deadline, "{label}: never published");

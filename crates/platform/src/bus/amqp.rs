@@ -280,7 +280,10 @@ impl Bus {
             let written = self.written.notified();
             tokio::pin!(written);
             written.as_mut().enable();
-            let published = self.publish_to_amqp(&channel, settings.batch).await?;
+            let published =
+                tokio::time::timeout(AMQP_TIMEOUT, self.publish_to_amqp(&channel, settings.batch))
+                    .await
+                    .map_err(|_| SessionError::Stalled("publishing"))??;
             failures.store(0, AtomicOrdering::Relaxed);
             if published == u64::from(settings.batch) {
                 continue;
@@ -446,7 +449,9 @@ impl Bus {
                 .consume_amqp(consumer, &event, settings, shutdown)
                 .await
             {
-                delivery.ack(BasicAckOptions::default()).await?;
+                tokio::time::timeout(AMQP_TIMEOUT, delivery.ack(BasicAckOptions::default()))
+                    .await
+                    .map_err(|_| SessionError::Stalled("acknowledging"))??;
             } else if shutdown.is_cancelled() {
                 let _ = connection.close(200, short("shutdown")).await;
                 return Ok(());

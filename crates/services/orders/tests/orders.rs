@@ -78,44 +78,58 @@ impl App {
             .map(|db| (db, true))
             .chain(TestDb::all().await.into_iter().map(|db| (db, false)))
         {
-            let db = test_db.db.clone();
-            let migrations = [
-                jobs::MIGRATIONS,
-                bus::MIGRATIONS,
-                logicore_catalog::MIGRATIONS,
-                MIGRATIONS,
-            ]
-            .concat();
-            apply_migrations(&db, &migrations).await.unwrap();
-            let catalog = CatalogService::new(db.clone());
-            let jobs = Jobs::new(db.clone());
-            let orders = OrdersService::new(
-                OrderStore::new(db.clone()),
-                Bus::new(db.clone()),
-                jobs.clone(),
+            let label = match (test_db.label(), local) {
+                ("sqlite", true) => "sqlite, catalog here",
+                ("sqlite", false) => "sqlite, catalog elsewhere",
+                (_, true) => "postgres, catalog here",
+                _ => "postgres, catalog elsewhere",
+            };
+            let stock = |catalog: CatalogService| {
                 if local {
-                    Arc::new(catalog.clone()) as Arc<dyn Stock>
+                    Arc::new(catalog) as Arc<dyn Stock>
                 } else {
-                    Arc::new(Elsewhere(catalog.clone()))
-                },
-            );
-            let (router, _) = router(orders.clone());
-            apps.push(App {
-                router,
-                orders,
-                catalog,
-                jobs,
-                db,
-                label: match (test_db.label(), local) {
-                    ("sqlite", true) => "sqlite, catalog here",
-                    ("sqlite", false) => "sqlite, catalog elsewhere",
-                    (_, true) => "postgres, catalog here",
-                    _ => "postgres, catalog elsewhere",
-                },
-                _db: test_db,
-            });
+                    Arc::new(Elsewhere(catalog))
+                }
+            };
+            apps.push(App::with_stock(test_db, label, stock).await);
         }
         apps
+    }
+
+    /// The app on a migrated `test_db`, the orders service reaching the catalog through
+    /// the stock `stock` makes of it.
+    async fn with_stock(
+        test_db: TestDb,
+        label: &'static str,
+        stock: impl FnOnce(CatalogService) -> Arc<dyn Stock>,
+    ) -> App {
+        let db = test_db.db.clone();
+        let migrations = [
+            jobs::MIGRATIONS,
+            bus::MIGRATIONS,
+            logicore_catalog::MIGRATIONS,
+            MIGRATIONS,
+        ]
+        .concat();
+        apply_migrations(&db, &migrations).await.unwrap();
+        let catalog = CatalogService::new(db.clone());
+        let jobs = Jobs::new(db.clone());
+        let orders = OrdersService::new(
+            OrderStore::new(db.clone()),
+            Bus::new(db.clone()),
+            jobs.clone(),
+            stock(catalog.clone()),
+        );
+        let (router, _) = router(orders.clone());
+        App {
+            router,
+            orders,
+            catalog,
+            jobs,
+            db,
+            label,
+            _db: test_db,
+        }
     }
 
     async fn send(
@@ -744,32 +758,7 @@ impl Stock for LateCommit {
 async fn a_reservation_that_commits_after_its_call_gave_up_is_given_back_later() {
     for test_db in TestDb::all().await {
         let label = test_db.label();
-        let db = test_db.db.clone();
-        let migrations = [
-            jobs::MIGRATIONS,
-            bus::MIGRATIONS,
-            logicore_catalog::MIGRATIONS,
-            MIGRATIONS,
-        ]
-        .concat();
-        apply_migrations(&db, &migrations).await.unwrap();
-        let catalog = CatalogService::new(db.clone());
-        let jobs = Jobs::new(db.clone());
-        let orders = OrdersService::new(
-            OrderStore::new(db.clone()),
-            Bus::new(db.clone()),
-            jobs.clone(),
-            Arc::new(LateCommit(catalog.clone())),
-        );
-        let app = App {
-            router: router(orders.clone()).0,
-            orders,
-            catalog,
-            jobs,
-            db,
-            label,
-            _db: test_db,
-        };
+        let app = App::with_stock(test_db, label, |catalog| Arc::new(LateCommit(catalog))).await;
         let alice = principal("alice", "customer");
         let pen = app.product("PEN", 250, 10).await;
         let refused = app.place(&alice, order_body(&[(pen, 3)]), None).await;

@@ -281,6 +281,20 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Waits until the newest delivery of `endpoint` is in `status`; returns it.
+    async fn delivery_in_state(&self, who: &Arc<Principal>, endpoint: &str, status: &str) -> Value {
+        eventually(&format!("a {status} delivery"), async || {
+            let deliveries = self.deliveries(who, endpoint).await;
+            deliveries
+                .first()
+                .filter(|delivery| delivery["status"] == status)
+                .cloned()
+        })
+        .await
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -524,14 +538,7 @@ async fn a_receiver_down_for_a_while_gets_the_event_with_the_same_webhook_id() {
         let (endpoint, secret) = app.endpoint(&admin, &receiver.url(), &["#"]).await;
         let event = app.publish("order.created", json!({"id": "o-1"})).await;
 
-        let delivery = eventually("the delivery after three failures", async || {
-            let deliveries = app.deliveries(&admin, &endpoint).await;
-            deliveries
-                .first()
-                .filter(|delivery| delivery["status"] == "delivered")
-                .cloned()
-        })
-        .await;
+        let delivery = app.delivery_in_state(&admin, &endpoint, "delivered").await;
         assert_eq!(delivery["attempt"], 4, "{label}: {delivery}");
         let received = receiver.received();
         assert_eq!(received.len(), 4, "{label}");
@@ -653,14 +660,7 @@ async fn a_failed_delivery_is_sent_again_by_hand() {
         let receiver = Receiver::start(&[answer(500)]).await;
         let (endpoint, secret) = app.endpoint(&admin, &receiver.url(), &["#"]).await;
         let event = app.publish("order.created", json!({"id": "o-1"})).await;
-        let failed = eventually("the delivery failed", async || {
-            let deliveries = app.deliveries(&admin, &endpoint).await;
-            deliveries
-                .first()
-                .filter(|delivery| delivery["status"] == "failed")
-                .cloned()
-        })
-        .await;
+        let failed = app.delivery_in_state(&admin, &endpoint, "failed").await;
         let (status, queued) = app
             .call(
                 &admin,
@@ -810,14 +810,7 @@ async fn redirects_are_not_followed() {
         let receiver = Receiver::start(&[moved]).await;
         let (endpoint, _) = app.endpoint(&admin, &receiver.url(), &["#"]).await;
         app.publish("order.created", json!({"id": "o-1"})).await;
-        let failed = eventually("the delivery failed", async || {
-            let deliveries = app.deliveries(&admin, &endpoint).await;
-            deliveries
-                .first()
-                .filter(|delivery| delivery["status"] == "failed")
-                .cloned()
-        })
-        .await;
+        let failed = app.delivery_in_state(&admin, &endpoint, "failed").await;
         assert_eq!(failed["response_status"], 307, "{label}: {failed}");
         assert_eq!(receiver.received().len(), 1, "{label}");
         assert!(
@@ -869,14 +862,7 @@ async fn a_delivery_left_pending_without_a_job_can_be_sent_again() {
         let receiver = Receiver::start(&[answer(500)]).await;
         let (endpoint, _) = app.endpoint(&admin, &receiver.url(), &["#"]).await;
         app.publish("order.created", json!({"id": "o-1"})).await;
-        let failed = eventually("the delivery failed", async || {
-            let deliveries = app.deliveries(&admin, &endpoint).await;
-            deliveries
-                .first()
-                .filter(|delivery| delivery["status"] == "failed")
-                .cloned()
-        })
-        .await;
+        let failed = app.delivery_in_state(&admin, &endpoint, "failed").await;
         let delivery = failed["id"].as_str().unwrap().to_owned();
         let retry = format!("/api/v1/webhooks/endpoints/{endpoint}/deliveries/{delivery}/retry");
         // As a worker that died on the last attempt leaves it: pending, due long ago.
