@@ -886,4 +886,16 @@ impl logicore_platform::bus::Listener for PurgeOnEvents {
             );
         })
     }
+
+    fn resubscribed(&self) -> logicore_platform::bus::ListenFuture<'_> {
+        Box::pin(async move {
+            // Product events may have been missed: forget every catalog answer.
+            let purged = self.cache.purge_tags(&["catalog".to_owned()]).await;
+            metrics::counter!("gateway_cache_event_purges_total").increment(purged as u64);
+            tracing::info!(
+                purged,
+                "catalog answers purged after the event subscription was re-established"
+            );
+        })
+    }
 }

@@ -603,3 +603,101 @@ async fn events_published_before_a_consumer_first_connected_reach_it() {
         rig.stop().await;
     }
 }
+
+/// Counts what a listener hears.
+#[derive(Default)]
+struct Ears {
+    heard: AtomicU32,
+    resubscribed: AtomicU32,
+    topics: Vec<&'static str>,
+}
+
+impl logicore_platform::bus::Listener for Ears {
+    fn name(&self) -> &str {
+        "test-ears"
+    }
+
+    fn topics(&self) -> &[&str] {
+        &self.topics
+    }
+
+    fn on_events<'a>(&'a self, events: &'a [Event]) -> logicore_platform::bus::ListenFuture<'a> {
+        let heard = u32::try_from(events.len()).unwrap();
+        Box::pin(async move {
+            self.heard.fetch_add(heard, Ordering::SeqCst);
+        })
+    }
+
+    fn resubscribed(&self) -> logicore_platform::bus::ListenFuture<'_> {
+        Box::pin(async move {
+            self.resubscribed.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_listener_hears_new_events_and_learns_when_it_may_have_missed_some() {
+    let Some(url) = testing::amqp_url().await else {
+        eprintln!("skipped: LOGICORE_TEST_AMQP_URL is not set");
+        return;
+    };
+    let mut rig = Rig::start(TestDb::sqlite().await, Backend::Amqp(url.clone())).await;
+    let host = url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let broker = tokio::net::lookup_host(host.as_str())
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let relay = TcpRelay::start(broker).await;
+    let through = url.replace(&host, &relay.addr.to_string());
+    let pattern: &'static str = Box::leak(format!("{}.#", rig.prefix).into_boxed_str());
+    let ears = Arc::new(Ears {
+        topics: vec![pattern],
+        ..Ears::default()
+    });
+    let listening = tokio::spawn(logicore_platform::bus::amqp::run_listener(
+        Arc::clone(&ears) as Arc<dyn logicore_platform::bus::Listener>,
+        rig.amqp(&through),
+        rig.shutdown.clone(),
+    ));
+    rig.relay(None);
+    let heard = async |count: u32| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ears.heard.load(Ordering::SeqCst) < count {
+            assert!(
+                Instant::now() < deadline,
+                "heard {ears_heard} of {count}",
+                ears_heard = ears.heard.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.publish(&["thing.one"], true).await;
+    heard(1).await;
+    assert_eq!(
+        ears.resubscribed.load(Ordering::SeqCst),
+        0,
+        "first subscription"
+    );
+
+    relay.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ears.resubscribed.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "never told of the gap");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.publish(&["thing.two"], true).await;
+    heard(2).await;
+    rig.stop().await;
+    listening.await.unwrap();
+}

@@ -477,7 +477,7 @@ impl Bus {
     ) -> bool {
         let backoff = Backoff {
             base: Duration::from_millis(100),
-            cap: Duration::from_secs(30),
+            cap: Duration::from_secs(5),
         };
         let mut handler_failures = 0u32;
         let mut attempt = 0u32;
@@ -525,8 +525,9 @@ pub async fn run_listener(
     settings: AmqpSettings,
     shutdown: CancellationToken,
 ) {
+    let sessions = AtomicU32::new(0);
     reconnecting("listener", listener.name(), &shutdown, |failures| {
-        listener_session(listener.as_ref(), &settings, &shutdown, failures)
+        listener_session(listener.as_ref(), &settings, &shutdown, failures, &sessions)
     })
     .await;
 }
@@ -536,6 +537,7 @@ async fn listener_session(
     settings: &AmqpSettings,
     shutdown: &CancellationToken,
     failures: Arc<AtomicU32>,
+    sessions: &AtomicU32,
 ) -> Result<(), SessionError> {
     let connection = connect(&settings.url).await?;
     let channel = connection.create_channel().await?;
@@ -577,6 +579,10 @@ async fn listener_session(
         listener = listener.name(),
         "event listener subscribed on RabbitMQ"
     );
+    if sessions.fetch_add(1, AtomicOrdering::Relaxed) > 0 {
+        // Events sent while the queue was gone were missed.
+        listener.resubscribed().await;
+    }
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => {

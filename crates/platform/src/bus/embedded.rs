@@ -257,7 +257,8 @@ impl Bus {
                     batch = 1;
                     let delay = crate::jobs::Backoff {
                         base: Duration::from_millis(100),
-                        cap: Duration::from_secs(30),
+                        // Short enough that a consumer is back soon after an outage ends.
+                        cap: Duration::from_secs(5),
                     }
                     .delay(failures, 0.5 + crate::jobs::random_unit() / 2.0);
                     metrics::counter!("bus_consumer_failures_total", "consumer" => name.clone())

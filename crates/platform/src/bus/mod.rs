@@ -248,6 +248,12 @@ pub trait Listener: Send + Sync + 'static {
 
     /// Handles events it wants (at least once, usually once).
     fn on_events<'a>(&'a self, events: &'a [Event]) -> ListenFuture<'a>;
+
+    /// Called when the subscription was re-established after a lost connection: events sent
+    /// in between were missed (a cache purger forgets everything it might have kept).
+    fn resubscribed(&self) -> ListenFuture<'_> {
+        Box::pin(async {})
+    }
 }
 
 /// The events of `events` whose type matches one of `topics`.

@@ -173,8 +173,11 @@ pub async fn list_products(
         items: page.items.into_iter().map(ProductOut::from).collect(),
         next_cursor: page.next_cursor,
     });
-    Ok(tagged(PRODUCTS_TAG.to_owned(), page))
+    Ok(tagged(format!("{PRODUCTS_TAG}, {CATALOG_TAG}"), page))
 }
+
+/// The `Cache-Tag` of every product answer: purged when a gateway may have missed events.
+pub const CATALOG_TAG: &str = "catalog";
 
 /// The `Cache-Tag` of every product list: any product event purges them at the gateway.
 pub const PRODUCTS_TAG: &str = "products";
@@ -228,7 +231,10 @@ pub async fn get_product(
 ) -> Result<Response, Problem> {
     let id: ProductId = path_id(&id, "product")?;
     let product: ProductOut = service.get_product(id).await?.into();
-    Ok(tagged(product_tag(id), Json(product)))
+    Ok(tagged(
+        format!("{}, {CATALOG_TAG}", product_tag(id)),
+        Json(product),
+    ))
 }
 
 /// Replaces a product.
