@@ -111,6 +111,29 @@ async fn connect(url: &str) -> Result<Connection, SessionError> {
     .map_err(SessionError::from)
 }
 
+/// The next message with the event it carries (`None` when it is no CloudEvent), or `None`
+/// on shutdown (the connection is closed: unacknowledged messages go back to the queue).
+async fn next_message(
+    connection: &Connection,
+    deliveries: &mut lapin::Consumer,
+    shutdown: &CancellationToken,
+    failures: &AtomicU32,
+) -> Result<Option<(lapin::message::Delivery, Option<Event>)>, SessionError> {
+    let next = tokio::select! {
+        () = shutdown.cancelled() => {
+            let _ = connection.close(200, short("shutdown")).await;
+            return Ok(None);
+        }
+        next = next_delivery(connection, deliveries) => next,
+    };
+    let delivery = next?;
+    failures.store(0, AtomicOrdering::Relaxed);
+    let event = serde_json::from_slice(&delivery.data)
+        .ok()
+        .and_then(|value| Event::from_cloudevent(&value));
+    Ok(Some((delivery, event)))
+}
+
 /// Waits for the next message, checking every few seconds that the connection is still up
 /// (a consumer stream may stay silent when its connection breaks).
 async fn next_delivery(
@@ -277,7 +300,7 @@ impl Bus {
         tracing::info!("event relay connected to RabbitMQ");
         loop {
             // Listen before reading, so a commit during the read is not missed.
-            let written = self.written.notified();
+            let written = self.db.woken(crate::db::Topic::Events);
             tokio::pin!(written);
             written.as_mut().enable();
             let published =
@@ -422,19 +445,11 @@ impl Bus {
             .await?;
         tracing::info!(consumer = consumer.name(), queue = %queue, "event consumer connected to RabbitMQ");
         loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => {
-                    // Unacknowledged messages go back to the queue.
-                    let _ = connection.close(200, short("shutdown")).await;
-                    return Ok(());
-                }
-                next = next_delivery(&connection, &mut deliveries) => next,
+            let Some((delivery, event)) =
+                next_message(&connection, &mut deliveries, shutdown, &failures).await?
+            else {
+                return Ok(());
             };
-            let delivery = next?;
-            failures.store(0, AtomicOrdering::Relaxed);
-            let event = serde_json::from_slice(&delivery.data)
-                .ok()
-                .and_then(|value| Event::from_cloudevent(&value));
             let Some(event) = event else {
                 tracing::error!(
                     consumer = consumer.name(),
@@ -584,18 +599,11 @@ async fn listener_session(
         listener.resubscribed().await;
     }
     loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => {
-                let _ = connection.close(200, short("shutdown")).await;
-                return Ok(());
-            }
-            next = next_delivery(&connection, &mut deliveries) => next,
+        let Some((_, event)) =
+            next_message(&connection, &mut deliveries, shutdown, &failures).await?
+        else {
+            return Ok(());
         };
-        let delivery = next?;
-        failures.store(0, AtomicOrdering::Relaxed);
-        let event = serde_json::from_slice(&delivery.data)
-            .ok()
-            .and_then(|value| Event::from_cloudevent(&value));
         if let Some(event) = event {
             listener.on_events(std::slice::from_ref(&event)).await;
         }

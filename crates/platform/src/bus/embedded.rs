@@ -121,7 +121,7 @@ impl Bus {
         tx.commit().await?;
         if published > 0 {
             metrics::counter!("bus_events_published_total").increment(published);
-            self.published.notify_waiters();
+            self.db.events_published();
         }
         Ok(published)
     }
@@ -137,7 +137,7 @@ impl Bus {
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.written.notified() => {}
+                () = self.db.woken(crate::db::Topic::Events) => {}
                 () = tokio::time::sleep(settings.poll_interval) => {}
             }
         }
@@ -238,7 +238,7 @@ impl Bus {
         tracing::info!(consumer = %name, topics = ?consumer.topics(), "event consumer started");
         loop {
             // Subscribe before reading so a publication during the read is not missed.
-            let published = self.published.notified();
+            let published = self.db.published();
             tokio::pin!(published);
             published.as_mut().enable();
             let wait = match self.consume_once(consumer.as_ref(), batch).await {
@@ -289,7 +289,7 @@ impl Bus {
     ) {
         let mut position: Option<i64> = None;
         loop {
-            let published = self.published.notified();
+            let published = self.db.published();
             tokio::pin!(published);
             published.as_mut().enable();
             let read = match position {

@@ -21,7 +21,6 @@ pub mod embedded;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_query::{Expr, ExprTrait, Iden, OnConflict, Query};
@@ -227,8 +226,12 @@ pub trait Consumer: Send + Sync + 'static {
 
 /// Whether `consumer` wants events of `event_type`.
 pub fn wants(consumer: &dyn Consumer, event_type: &str) -> bool {
-    consumer
-        .topics()
+    matches_any(consumer.topics(), event_type)
+}
+
+/// True when one of `topics` matches `event_type`.
+fn matches_any(topics: &[&str], event_type: &str) -> bool {
+    topics
         .iter()
         .any(|pattern| topic_matches(pattern, event_type))
 }
@@ -260,11 +263,7 @@ pub trait Listener: Send + Sync + 'static {
 pub(crate) fn wanted_by(topics: &[&str], events: Vec<Event>) -> Vec<Event> {
     events
         .into_iter()
-        .filter(|event| {
-            topics
-                .iter()
-                .any(|pattern| topic_matches(pattern, &event.event_type))
-        })
+        .filter(|event| matches_any(topics, &event.event_type))
         .collect()
 }
 
@@ -399,20 +398,13 @@ pub fn current_traceparent() -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Bus {
     db: Db,
-    /// Rung after a commit that wrote events: the relay runs at once.
-    written: Arc<tokio::sync::Notify>,
-    /// Rung by the relay after it published events: consumers read at once.
-    published: Arc<tokio::sync::Notify>,
 }
 
 impl Bus {
-    /// The bus over `db` (its tables come from [`MIGRATIONS`]).
+    /// The bus over `db` (its tables come from [`MIGRATIONS`]). Buses over clones of one
+    /// handle share their wake-ups: a write through one wakes the relay of another.
     pub fn new(db: Db) -> Bus {
-        Bus {
-            db,
-            written: Arc::new(tokio::sync::Notify::new()),
-            published: Arc::new(tokio::sync::Notify::new()),
-        }
+        Bus { db }
     }
 
     /// The database.
@@ -444,13 +436,12 @@ impl Bus {
     /// Tells the relay of this process, and on PostgreSQL those of every process on the
     /// database (a coalesced `NOTIFY` after the commit), that events were committed.
     pub fn wake(&self) {
-        self.written.notify_one();
         self.db.announce(crate::db::Topic::Events);
     }
 
     /// Tells this process's relay only (a notification from another process arrived).
     pub fn wake_local(&self) {
-        self.written.notify_one();
+        self.db.wake_local(crate::db::Topic::Events);
     }
 
     /// Deletes processed-event records older than `before` (redeliveries come much sooner)

@@ -67,6 +67,8 @@ pub struct Db {
     pools: Pools,
     /// Sends the cross-process wake-ups (PostgreSQL only).
     announcer: Option<std::sync::Arc<notify::Announcer>>,
+    /// The in-process wake-ups of every queue and bus over this handle.
+    wakes: std::sync::Arc<notify::LocalWakes>,
     slow_query: Duration,
 }
 
@@ -110,6 +112,7 @@ impl Db {
         Ok(Db {
             pools,
             announcer,
+            wakes: std::sync::Arc::default(),
             slow_query: options.slow_query,
         })
     }

@@ -1,4 +1,7 @@
-//! Wake-ups between processes sharing a PostgreSQL database. After a commit that adds jobs
+//! Wake-ups, in this process and between processes. Every [`crate::jobs::Jobs`] and
+//! [`crate::bus::Bus`] over one database handle shares them, whoever built it.
+//!
+//! Between processes sharing a PostgreSQL database: after a commit that adds jobs
 //! or events, [`Db::announce`] has a background task send `NOTIFY` on a channel of the
 //! schema — outside the writer's transaction and coalesced (at most one in flight per topic
 //! and process), so busy writers do not queue on PostgreSQL's notification lock at commit.
@@ -47,6 +50,17 @@ async fn channel_suffix(pool: &PgPool) -> Result<String, sqlx::Error> {
     sqlx::query_scalar("SELECT left(md5(current_schema()), 16)")
         .fetch_one(pool)
         .await
+}
+
+/// The in-process wake-ups of one database handle (shared by its clones).
+#[derive(Debug, Default)]
+pub(crate) struct LocalWakes {
+    /// Jobs were enqueued: every waiting worker looks.
+    jobs: Notify,
+    /// Events were written: the relay publishes (a permit is kept if it is busy).
+    events: Notify,
+    /// The relay published events: every consumer and listener reads.
+    published: Notify,
 }
 
 /// Sends the announcements of one process.
@@ -125,12 +139,40 @@ pub struct Notifications {
 }
 
 impl Db {
-    /// Tells the listeners of every process that `topic` has new work (PostgreSQL; a no-op
-    /// on SQLite). Call it after the commit.
+    /// Tells the workers or relay of this process, and on PostgreSQL the listeners of every
+    /// process, that `topic` has new work. Call it after the commit.
     pub fn announce(&self, topic: Topic) {
+        self.wake_local(topic);
         if let Some(announcer) = &self.announcer {
             announcer.announce(topic);
         }
+    }
+
+    /// Tells this process only (a notification from another process arrived).
+    pub fn wake_local(&self, topic: Topic) {
+        match topic {
+            Topic::Jobs => self.wakes.jobs.notify_waiters(),
+            Topic::Events => self.wakes.events.notify_one(),
+        }
+    }
+
+    /// Resolves at the next wake-up of `topic` (for jobs: one after this was created and
+    /// enabled; for events: also one that came while nobody waited).
+    pub(crate) fn woken(&self, topic: Topic) -> tokio::sync::futures::Notified<'_> {
+        match topic {
+            Topic::Jobs => self.wakes.jobs.notified(),
+            Topic::Events => self.wakes.events.notified(),
+        }
+    }
+
+    /// Tells this process's consumers and listeners that the relay published events.
+    pub(crate) fn events_published(&self) {
+        self.wakes.published.notify_waiters();
+    }
+
+    /// Resolves at the next [`Db::events_published`] after this was created and enabled.
+    pub(crate) fn published(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wakes.published.notified()
     }
 
     /// Listens to `topics` of this database's schema; `None` on SQLite.

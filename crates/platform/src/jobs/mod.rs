@@ -275,7 +275,6 @@ fn chrono_duration(duration: Duration) -> chrono::Duration {
 #[derive(Debug, Clone)]
 pub struct Jobs {
     db: Db,
-    wake: std::sync::Arc<tokio::sync::Notify>,
     /// Jobs finished since the last vacuum.
     finished: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// A vacuum is running.
@@ -287,7 +286,6 @@ impl Jobs {
     pub fn new(db: Db) -> Jobs {
         Jobs {
             db,
-            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
             finished: std::sync::Arc::default(),
             vacuuming: std::sync::Arc::default(),
         }
@@ -411,18 +409,17 @@ impl Jobs {
     /// Tells the workers of this process, and on PostgreSQL those of every process on the
     /// database (a coalesced `NOTIFY` after the commit), that jobs are waiting.
     pub fn wake(&self) {
-        self.wake.notify_waiters();
         self.db.announce(crate::db::Topic::Jobs);
     }
 
     /// Tells this process's workers only (a notification from another process arrived).
     pub fn wake_local(&self) {
-        self.wake.notify_waiters();
+        self.db.wake_local(crate::db::Topic::Jobs);
     }
 
     /// Resolves when [`Jobs::wake`] is called after this was created and enabled.
     pub(crate) fn woken(&self) -> tokio::sync::futures::Notified<'_> {
-        self.wake.notified()
+        self.db.woken(crate::db::Topic::Jobs)
     }
 
     /// Claims up to `limit` runnable jobs of `kinds` for `worker` for `lease`; each claim
