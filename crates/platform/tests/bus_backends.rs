@@ -241,6 +241,9 @@ impl Rig {
     /// poison events; returns its name.
     fn consumer(&mut self, patterns: &[&str], fail_first: u32, url: Option<&str>) -> String {
         let (name, topics) = self.plan(patterns);
+        // As the platform does: the relay declares the queue, so nothing published before
+        // the consumer connected is lost.
+        self.declared.push((name.clone(), topics.clone()));
         self.start_consumer(name.clone(), topics, fail_first, url);
         name
     }
@@ -350,8 +353,6 @@ async fn committed_events_reach_each_consumer_that_wants_them_once() {
         let orders = rig.consumer(&["order.*"], 0, None);
         let everything = rig.consumer(&["#"], 0, None);
         rig.relay(None);
-        // Let the consumers bind their queues before anything is published.
-        tokio::time::sleep(Duration::from_millis(300)).await;
 
         let mut order_events = Vec::new();
         let mut all_events = Vec::new();
@@ -400,7 +401,6 @@ async fn a_failing_handler_is_retried_without_loss_or_duplicate() {
         let label = rig.label.clone();
         let consumer = rig.consumer(&["#"], 3, None);
         rig.relay(None);
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let written = rig
             .publish(&["thing.one", "thing.poison", "thing.two"], true)
             .await;
@@ -420,7 +420,6 @@ async fn a_redelivered_event_has_no_second_effect() {
         let label = rig.label.clone();
         let consumer = rig.consumer(&["#"], 0, None);
         rig.relay(None);
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let written = rig.publish(&["thing.happened"], true).await;
         rig.wait_for_effects(&consumer, 1).await;
         // The relay died before recording the publication: the event goes out again.
@@ -546,7 +545,6 @@ async fn a_connection_cut_and_restored_loses_and_doubles_nothing() {
         );
         let consumer = rig.consumer(&["#"], 0, Some(&through));
         rig.relay(Some(&through));
-        tokio::time::sleep(Duration::from_millis(500)).await;
 
         let mut written = Vec::new();
         for round in 0..60 {
@@ -679,6 +677,8 @@ async fn a_listener_hears_new_events_and_learns_when_it_may_have_missed_some() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
+    // A listener hears what is published after it subscribed (its queue is its own and
+    // exists only from then on): give it that moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     rig.publish(&["thing.one"], true).await;
     heard(1).await;

@@ -13,70 +13,21 @@ use crate::support::{Database, Setup, customer_token, eventually};
 /// The requests a receiver got: headers and body.
 pub type Received = Arc<Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
 
-/// A receiver recording each request's headers and body.
+/// A receiver recording each request's headers and body; it answers 204.
 pub async fn receiver() -> (String, Received) {
     let received: Received = Arc::default();
     let log = Arc::clone(&received);
+    let app =
+        axum::Router::new().fallback(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+            let log = Arc::clone(&log);
+            async move {
+                log.lock().unwrap().push((headers, body.to_vec()));
+                http::StatusCode::NO_CONTENT
+            }
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut data = Vec::new();
-                let mut buffer = [0u8; 8192];
-                // Read the head, then Content-Length bytes of body.
-                let (head_len, length) = loop {
-                    let n = stream.read(&mut buffer).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    data.extend_from_slice(&buffer[..n]);
-                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&data[..end]).to_string();
-                        let length = head
-                            .lines()
-                            .find_map(|line| {
-                                let (name, value) = line.split_once(':')?;
-                                name.eq_ignore_ascii_case("content-length")
-                                    .then(|| value.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        break (end + 4, length);
-                    }
-                };
-                while data.len() < head_len + length {
-                    let n = stream.read(&mut buffer).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    data.extend_from_slice(&buffer[..n]);
-                }
-                let head = String::from_utf8_lossy(&data[..head_len]).to_string();
-                let mut headers = http::HeaderMap::new();
-                for line in head.lines().skip(1) {
-                    if let Some((name, value)) = line.split_once(':')
-                        && let (Ok(name), Ok(value)) = (
-                            http::HeaderName::from_bytes(name.trim().as_bytes()),
-                            http::HeaderValue::from_str(value.trim()),
-                        )
-                    {
-                        headers.insert(name, value);
-                    }
-                }
-                log.lock()
-                    .unwrap()
-                    .push((headers, data[head_len..].to_vec()));
-                let _ = stream
-                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}/hooks"), received)
 }
 

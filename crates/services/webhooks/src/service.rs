@@ -64,8 +64,13 @@ pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn secret_context(id: &Uuid, column: &'static str) -> (String, &'static str) {
-    (id.to_string(), column)
+/// Where an endpoint secret lives: the associated data its encryption is bound to.
+fn secret_field<'a>(row: &'a str, column: &'a str) -> FieldContext<'a> {
+    FieldContext {
+        table: "webhook_endpoints",
+        column,
+        row,
+    }
 }
 
 impl WebhooksService {
@@ -104,15 +109,8 @@ impl WebhooksService {
     }
 
     pub(crate) fn encrypt(&self, id: &Uuid, column: &'static str, secret: &str) -> String {
-        let (row, column) = secret_context(id, column);
-        self.ring.encrypt(
-            secret.as_bytes(),
-            FieldContext {
-                table: "webhook_endpoints",
-                column,
-                row: &row,
-            },
-        )
+        self.ring
+            .encrypt(secret.as_bytes(), secret_field(&id.to_string(), column))
     }
 
     pub(crate) fn decrypt(
@@ -121,17 +119,9 @@ impl WebhooksService {
         column: &'static str,
         stored: &str,
     ) -> Result<String, WebhookError> {
-        let (row, column) = secret_context(id, column);
         let bytes = self
             .ring
-            .decrypt(
-                stored,
-                FieldContext {
-                    table: "webhook_endpoints",
-                    column,
-                    row: &row,
-                },
-            )
+            .decrypt(stored, secret_field(&id.to_string(), column))
             .map_err(|err| WebhookError::Secret(err.to_string()))?;
         String::from_utf8(bytes).map_err(|err| WebhookError::Secret(err.to_string()))
     }

@@ -736,14 +736,9 @@ async fn a_name_resolving_to_loopback_is_refused_when_delivering() {
             .await
             .unwrap();
         app.publish("order.created", json!({"id": "o-1"})).await;
-        let failed = eventually("the delivery refused", async || {
-            let deliveries = app.deliveries(&admin, &endpoint.id.to_string()).await;
-            deliveries
-                .first()
-                .filter(|delivery| delivery["status"] == "failed")
-                .cloned()
-        })
-        .await;
+        let failed = app
+            .delivery_in_state(&admin, &endpoint.id.to_string(), "failed")
+            .await;
         let error = failed["error"].as_str().unwrap();
         assert!(
             error.contains("refused") && error.contains("loopback"),
@@ -838,14 +833,9 @@ async fn an_unreadable_secret_fails_the_delivery_instead_of_sending_it_unsigned(
             .await
             .unwrap();
         app.publish("order.created", json!({"id": "o-1"})).await;
-        let failed = eventually("the delivery failed", async || {
-            let deliveries = app.deliveries(&admin, &endpoint.id.to_string()).await;
-            deliveries
-                .first()
-                .filter(|delivery| delivery["status"] == "failed")
-                .cloned()
-        })
-        .await;
+        let failed = app
+            .delivery_in_state(&admin, &endpoint.id.to_string(), "failed")
+            .await;
         assert!(
             failed["error"].as_str().unwrap().contains("secret"),
             "{label}: {failed}"
