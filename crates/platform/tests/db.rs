@@ -160,3 +160,170 @@ async fn restricted_deletes_and_duplicates_are_classified_on_every_backend() {
         );
     }
 }
+
+fn set_counter(name: &str, value: i64) -> sea_query::InsertStatement {
+    Query::insert()
+        .into_table(Counters::Table)
+        .columns([Counters::Name, Counters::Value])
+        .values_panic([name.into(), value.into()])
+        .to_owned()
+}
+
+async fn counter_names(db: &Db) -> Vec<String> {
+    #[derive(sqlx::FromRow)]
+    struct Named {
+        name: String,
+    }
+    let select = Query::select()
+        .column(Counters::Name)
+        .from(Counters::Table)
+        .order_by(Counters::Name, sea_query::Order::Asc)
+        .to_owned();
+    let rows: Vec<Named> = db.fetch_all(&select).await.expect("names");
+    rows.into_iter().map(|row| row.name).collect()
+}
+
+/// Statements run "later" go with the next statement or the commit: in order, with their own
+/// parameters, and the next statement still reports its own rows and changes.
+#[tokio::test]
+async fn later_statements_run_in_order_before_the_next_one() {
+    for test_db in TestDb::all().await {
+        let db = &test_db.db;
+        apply_migrations(db, &[COUNTERS]).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_later(&set_counter("a", 1)).await.unwrap();
+        tx.execute_later(&set_counter("b", 2)).await.unwrap();
+        // Sees both rows written before it, changes three rows, returns its own rows only.
+        let bump = Query::update()
+            .table(Counters::Table)
+            .value(Counters::Value, Expr::col(Counters::Value).add(10))
+            .and_where(Expr::col(Counters::Name).is_in(["a", "b", "hits"]))
+            .to_owned();
+        tx.execute_later(&set_counter("hits", 3)).await.unwrap();
+        assert_eq!(tx.execute(&bump).await.unwrap(), 3, "{}", test_db.label());
+        tx.execute_later(&set_counter("c", 4)).await.unwrap();
+        let select = Query::select()
+            .column(Counters::Value)
+            .from(Counters::Table)
+            .and_where(Expr::col(Counters::Name).eq("hits"))
+            .to_owned();
+        let rows: Vec<Counter> = tx.fetch_all(&select).await.unwrap();
+        assert_eq!(rows.len(), 1, "{}", test_db.label());
+        assert_eq!(rows[0].value, 13, "{}", test_db.label());
+        tx.execute_later(&set_counter("d", 5)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(counter_names(db).await, ["a", "b", "c", "d", "hits"]);
+        assert_eq!(read_counter(db).await, 13);
+    }
+}
+
+/// A later statement that fails fails the call it went with; the transaction commits nothing
+/// and the writer is free for the next one.
+#[tokio::test]
+async fn a_failing_later_statement_fails_its_transaction_and_nothing_is_written() {
+    for test_db in TestDb::all().await {
+        let db = &test_db.db;
+        apply_migrations(db, &[COUNTERS]).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(&set_counter("taken", 1)).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_later(&set_counter("fresh", 1)).await.unwrap();
+        // SQLite reports the duplicate at the commit it went with, PostgreSQL at once.
+        let outcome = match tx.execute_later(&set_counter("taken", 2)).await {
+            Ok(()) => tx.commit().await,
+            Err(err) => Err(err),
+        };
+        let err = outcome.expect_err("the duplicate fails the transaction");
+        assert_eq!(
+            violation(&err),
+            Some(Violation::Unique),
+            "{}: {err}",
+            test_db.label()
+        );
+        assert_eq!(counter_names(db).await, ["taken"], "{}", test_db.label());
+
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(&set_counter("next", 1)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            counter_names(db).await,
+            ["next", "taken"],
+            "{}",
+            test_db.label()
+        );
+    }
+}
+
+/// A transaction dropped half-way (an error, a cancelled request) is rolled back before the
+/// next writer gets the connection; one dropped before any statement leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_transactions_roll_back_and_pass_the_writer_on() {
+    for test_db in TestDb::all().await {
+        let db = test_db.db.clone();
+        apply_migrations(&db, &[COUNTERS]).await.unwrap();
+        drop(db.begin().await.unwrap());
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(&set_counter("dropped", 1)).await.unwrap();
+        tx.execute_later(&set_counter("dropped later", 1))
+            .await
+            .unwrap();
+        drop(tx);
+        // A writer task cancelled while its statement runs.
+        let cancelled = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin().await.unwrap();
+                tx.execute(&set_counter("cancelled", 1)).await.unwrap();
+                std::future::pending::<()>().await;
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(&set_counter("kept", 1)).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(counter_names(&db).await, ["kept"], "{}", test_db.label());
+    }
+}
+
+/// SQLite's write-ahead log is copied into the database file while writers go on (by the
+/// handle's checkpointer, not inside a commit), and it does not grow without bound.
+#[tokio::test]
+async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
+    let test_db = TestDb::sqlite().await;
+    let db = &test_db.db;
+    apply_migrations(db, &[COUNTERS]).await.unwrap();
+    let path = test_db
+        .url
+        .expose()
+        .trim_start_matches("sqlite://")
+        .to_owned();
+    let size = |suffix: &str| {
+        std::fs::metadata(format!("{path}{suffix}")).map_or(0, |metadata| metadata.len())
+    };
+    let before = size("");
+    // About 24 MiB through the log, in 600 commits.
+    let padding = "x".repeat(40 * 1024);
+    for batch in 0..600 {
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(&set_counter(&format!("{batch}-{padding}"), batch))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        size("") > before + 16 * 1024 * 1024,
+        "the rows reached the database file: {} bytes (was {before})",
+        size("")
+    );
+    assert!(
+        size("-wal") <= 64 * 1024 * 1024,
+        "the log stays bounded: {} bytes",
+        size("-wal")
+    );
+    assert_eq!(counter_names(db).await.len(), 600);
+}

@@ -429,7 +429,8 @@ impl Bus {
                 current_traceparent().into(),
             ])
             .to_owned();
-        tx.execute(&insert).await?;
+        // Its id is fresh: nothing can make it fail but a broken transaction.
+        tx.execute_later(&insert).await?;
         Ok(id)
     }
 

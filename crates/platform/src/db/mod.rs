@@ -5,6 +5,12 @@
 //! transactions start with `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing
 //! with `SQLITE_BUSY`; reads use a separate pool of read-only connections (WAL lets them run
 //! beside the writer).
+//!
+//! The SQLite writer is one connection owned by the handle behind a fair lock, not a pool of
+//! one: a pool checks every connection it gets back with a ping on the connection's thread
+//! before the next writer may have it, and `BEGIN`/`COMMIT` through sqlx's transaction type
+//! wait for the calling task to acknowledge them; with one writer both sit on the critical
+//! path of every write (see `bench/README.md`).
 
 mod migrate;
 mod notify;
@@ -16,20 +22,24 @@ use std::time::{Duration, Instant};
 use sea_query::{PostgresQueryBuilder, SqliteQueryBuilder};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use sqlx::{AssertSqlSafe, Connection, FromRow, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use crate::config::{self, ConnectionUrl};
 
 pub use migrate::{Migration, MigrationStatus, apply_migrations, migration_status};
 pub use notify::{Notifications, Topic};
 pub use sea_query_sqlx::SqlxBinder;
+use sea_query_sqlx::SqlxValues;
 
 /// How long a connection attempt or a pool checkout may take before it is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SQLite waits on a lock held by another process before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the SQLite write-ahead log is copied into the database when there were commits.
+const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Options for opening the database.
 #[derive(Debug, Clone)]
@@ -76,7 +86,7 @@ pub struct Db {
 enum Pools {
     Sqlite {
         /// The only connection that writes (serialises writers without SQLITE_BUSY).
-        writer: SqlitePool,
+        writer: std::sync::Arc<SqliteWriter>,
         /// Read-only connections.
         readers: SqlitePool,
     },
@@ -189,9 +199,7 @@ impl Db {
     /// Starts a write transaction (`BEGIN IMMEDIATE` on the SQLite writer).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let inner = match &self.pools {
-            Pools::Sqlite { writer, .. } => {
-                TxInner::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?)
-            }
+            Pools::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin().await?),
             Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
         };
         Ok(Tx {
@@ -206,7 +214,8 @@ impl Db {
         let sql = AssertSqlSafe(sql.to_owned());
         match &self.pools {
             Pools::Sqlite { writer, .. } => {
-                sqlx::raw_sql(sql).execute(writer).await?;
+                let mut connection = writer.lock().await?;
+                sqlx::raw_sql(sql).execute(connection.live()?).await?;
             }
             Pools::Postgres(pool) => {
                 sqlx::raw_sql(sql).execute(pool).await?;
@@ -247,7 +256,7 @@ pub struct Tx {
 
 #[derive(Debug)]
 enum TxInner {
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(SqliteTx),
     Postgres(Transaction<'static, Postgres>),
 }
 
@@ -258,10 +267,7 @@ impl Tx {
         let affected = match &mut self.inner {
             TxInner::Sqlite(tx) => {
                 let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_with::<Sqlite, _>(AssertSqlSafe(sql), values)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
+                tx.run(Some((sql, values.0))).await?.1
             }
             TxInner::Postgres(tx) => {
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
@@ -275,6 +281,23 @@ impl Tx {
         Ok(affected)
     }
 
+    /// Runs a statement whose outcome the caller does not need before its next statement:
+    /// on SQLite it goes to the connection together with the next statement of the
+    /// transaction (or its commit), saving a round trip to the connection's thread; on
+    /// PostgreSQL it runs now. Its failure is the failure of the call it went with, so use
+    /// this only where any failure fails the whole transaction (no constraint the caller
+    /// wants to tell apart), and only for statements that return no rows.
+    pub async fn execute_later(&mut self, statement: &impl SqlxBinder) -> Result<(), sqlx::Error> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                tx.defer(&sql, values.0.0);
+                Ok(())
+            }
+            TxInner::Postgres(_) => self.execute(statement).await.map(drop),
+        }
+    }
+
     /// Runs a query inside the transaction and returns all rows.
     pub async fn fetch_all<T: Row>(
         &mut self,
@@ -284,9 +307,10 @@ impl Tx {
         let rows = match &mut self.inner {
             TxInner::Sqlite(tx) => {
                 let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_as_with::<Sqlite, T, _>(AssertSqlSafe(sql), values)
-                    .fetch_all(&mut **tx)
-                    .await?
+                let (rows, _) = tx.run(Some((sql, values.0))).await?;
+                rows.iter()
+                    .map(T::from_row)
+                    .collect::<Result<Vec<T>, _>>()?
             }
             TxInner::Postgres(tx) => {
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
@@ -312,7 +336,13 @@ impl Tx {
     pub async fn execute_script(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
         let sql = AssertSqlSafe(sql.to_owned());
         let affected = match &mut self.inner {
-            TxInner::Sqlite(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await?.rows_affected(),
+            TxInner::Sqlite(tx) => {
+                tx.run(None).await?;
+                sqlx::raw_sql(sql)
+                    .execute(tx.connection()?)
+                    .await?
+                    .rows_affected()
+            }
             TxInner::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await?.rows_affected(),
         };
         Ok(affected)
@@ -326,11 +356,31 @@ impl Tx {
         }
     }
 
-    /// Commits the transaction.
+    /// Commits the transaction (on SQLite together with the statements still waiting).
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self.inner {
-            TxInner::Sqlite(tx) => tx.commit().await,
+            TxInner::Sqlite(mut tx) => tx.commit(0).await.map(drop),
             TxInner::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// Runs `statement` and commits; returns the rows it changed. On SQLite the statement,
+    /// those waiting and the `COMMIT` reach the connection together.
+    pub async fn commit_after(mut self, statement: &impl SqlxBinder) -> Result<u64, sqlx::Error> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
+                let started = Instant::now();
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                tx.defer(&sql, values.0.0);
+                let changed = tx.commit(1).await?;
+                log_if_slow(started, self.slow_query);
+                Ok(changed)
+            }
+            TxInner::Postgres(_) => {
+                let changed = self.execute(statement).await?;
+                self.commit().await?;
+                Ok(changed)
+            }
         }
     }
 }
@@ -352,17 +402,316 @@ async fn open_sqlite(url: &ConnectionUrl, options: &DbOptions) -> Result<Pools, 
         .synchronous(synchronous)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(connect.clone())
-        .await?;
+    // Checkpoints (copying the write-ahead log into the database file, with two fsyncs) run
+    // on a connection of their own rather than inside a commit of the single writer, which
+    // would stall every writer behind the disk; the log stops growing at 64 MiB once reset.
+    let writer_options = connect
+        .clone()
+        .pragma("wal_autocheckpoint", "0")
+        .pragma("journal_size_limit", "67108864");
+    let writer = SqliteWriter::open(writer_options, connect.clone()).await?;
     let readers = SqlitePoolOptions::new()
         .max_connections(options.max_connections.max(2))
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(connect.read_only(true))
         .await?;
-    Ok(Pools::Sqlite { writer, readers })
+    Ok(Pools::Sqlite {
+        writer: std::sync::Arc::new(writer),
+        readers,
+    })
+}
+
+/// The single SQLite writer connection, handed to one transaction at a time in the order they
+/// asked for it; reopened after its connection thread died.
+#[derive(Debug)]
+struct SqliteWriter {
+    connection: std::sync::Arc<tokio::sync::Mutex<WriterConnection>>,
+    /// Stops the checkpointer when the last handle goes.
+    checkpointer: tokio_util::sync::DropGuard,
+}
+
+#[derive(Debug)]
+struct WriterConnection {
+    /// `None` after the connection broke (or was closed); reopened by the next writer.
+    live: Option<SqliteConnection>,
+    /// A transaction was begun and not yet committed or rolled back (its rollback task never
+    /// ran, say): the next writer rolls it back first.
+    in_transaction: bool,
+    options: SqliteConnectOptions,
+    /// Commits so far (the checkpointer skips a round without any).
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+type WriterGuard = tokio::sync::OwnedMutexGuard<WriterConnection>;
+
+impl WriterConnection {
+    fn live(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        self.live.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+}
+
+impl SqliteWriter {
+    async fn open(
+        options: SqliteConnectOptions,
+        checkpoint_options: SqliteConnectOptions,
+    ) -> Result<SqliteWriter, sqlx::Error> {
+        let live = SqliteConnection::connect_with(&options).await?;
+        let commits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(checkpoint_while_writing(
+            checkpoint_options,
+            std::sync::Arc::clone(&commits),
+            stop.clone(),
+        ));
+        Ok(SqliteWriter {
+            connection: std::sync::Arc::new(tokio::sync::Mutex::new(WriterConnection {
+                live: Some(live),
+                in_transaction: false,
+                options,
+                commits,
+            })),
+            checkpointer: stop.drop_guard(),
+        })
+    }
+
+    /// Waits (at most [`ACQUIRE_TIMEOUT`], like a pool checkout) for the writer, reopening its
+    /// connection when the last one broke.
+    async fn lock(&self) -> Result<WriterGuard, sqlx::Error> {
+        let mut guard = tokio::time::timeout(
+            ACQUIRE_TIMEOUT,
+            std::sync::Arc::clone(&self.connection).lock_owned(),
+        )
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        if guard.live.is_none() {
+            guard.live = Some(SqliteConnection::connect_with(&guard.options).await?);
+            guard.in_transaction = false;
+        }
+        if guard.in_transaction {
+            // Fails harmlessly when SQLite already ended it.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(guard.live()?).await;
+            guard.in_transaction = false;
+        }
+        Ok(guard)
+    }
+
+    /// Takes the writer for a transaction whose `BEGIN IMMEDIATE` goes with its first
+    /// statement.
+    async fn begin(&self) -> Result<SqliteTx, sqlx::Error> {
+        let mut guard = self.lock().await?;
+        guard.in_transaction = true;
+        let mut tx = SqliteTx {
+            guard: Some(guard),
+            open: true,
+            sent: false,
+            pending: String::new(),
+            pending_values: Vec::new(),
+            pending_statements: 0,
+        };
+        tx.defer("BEGIN IMMEDIATE", Vec::new());
+        Ok(tx)
+    }
+
+    async fn close(&self) {
+        self.checkpointer.token().cancel();
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.live.take() {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+/// Checkpoints the write-ahead log every [`SQLITE_CHECKPOINT_EVERY`] after commits, on a
+/// connection of its own (`PASSIVE`: writers go on meanwhile), until `stop`.
+async fn checkpoint_while_writing(
+    options: SqliteConnectOptions,
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut connection: Option<SqliteConnection> = None;
+    let mut checkpointed = 0;
+    let mut every = tokio::time::interval(SQLITE_CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let committed = commits.load(std::sync::atomic::Ordering::Relaxed);
+        if committed == checkpointed {
+            continue;
+        }
+        let live = match connection.as_mut() {
+            Some(live) => live,
+            None => match SqliteConnection::connect_with(&options).await {
+                Ok(live) => connection.insert(live),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot open the SQLite checkpoint connection");
+                    continue;
+                }
+            },
+        };
+        match sqlx::raw_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(live)
+            .await
+        {
+            Ok(_) => checkpointed = committed,
+            Err(err) => {
+                tracing::warn!(error = %err, "SQLite checkpoint failed; retrying");
+                connection = None;
+            }
+        }
+    }
+    if let Some(live) = connection {
+        let _ = live.close().await;
+    }
+}
+
+/// Drops a connection whose thread is gone, so the next writer opens a new one.
+fn forget_if_broken(guard: &mut WriterConnection, error: &sqlx::Error) {
+    if matches!(error, sqlx::Error::WorkerCrashed | sqlx::Error::Io(_)) {
+        guard.live = None;
+    }
+}
+
+/// A write transaction on the SQLite writer; dropped while open, a task rolls it back before
+/// the writer passes on.
+///
+/// Statements whose outcome is not needed at once (its `BEGIN`, [`Tx::execute_later`]) wait
+/// in `pending` and go to the connection's thread with the next statement as one
+/// multi-statement query, its parameters bound in order across the statements.
+#[derive(Debug)]
+struct SqliteTx {
+    /// Held until the transaction ended (taken by a rollback on drop).
+    guard: Option<WriterGuard>,
+    open: bool,
+    /// Something reached the connection (its `BEGIN` ran or failed).
+    sent: bool,
+    pending: String,
+    pending_values: Vec<sea_query::Value>,
+    pending_statements: usize,
+}
+
+impl SqliteTx {
+    fn connection(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        self.guard.as_mut().ok_or(sqlx::Error::PoolClosed)?.live()
+    }
+
+    fn defer(&mut self, sql: &str, values: Vec<sea_query::Value>) {
+        if !self.pending.is_empty() {
+            self.pending.push_str(";\n");
+        }
+        self.pending.push_str(sql);
+        self.pending_values.extend(values);
+        self.pending_statements += 1;
+    }
+
+    /// Runs the waiting statements followed by `last`; returns the rows `last` returned and
+    /// the rows it changed.
+    async fn run(
+        &mut self,
+        last: Option<(String, sea_query::Values)>,
+    ) -> Result<(Vec<SqliteRow>, u64), sqlx::Error> {
+        self.run_reporting(last, 0).await
+    }
+
+    /// [`SqliteTx::run`] returning what the statement `from_end` places before the last did.
+    async fn run_reporting(
+        &mut self,
+        last: Option<(String, sea_query::Values)>,
+        from_end: usize,
+    ) -> Result<(Vec<SqliteRow>, u64), sqlx::Error> {
+        use futures_util::TryStreamExt;
+        use sqlx::Executor;
+        if let Some((sql, values)) = last {
+            self.defer(&sql, values.0);
+        }
+        let statements = std::mem::take(&mut self.pending_statements);
+        if statements == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let reported = statements.saturating_sub(from_end);
+        let sql = std::mem::take(&mut self.pending);
+        let values = sea_query::Values(std::mem::take(&mut self.pending_values));
+        self.sent = true;
+        let connection = self.connection()?;
+        let query = sqlx::query_with::<Sqlite, _>(AssertSqlSafe(sql), SqlxValues(values));
+        let mut steps = connection.fetch_many(query);
+        let (mut finished, mut rows, mut changed) = (0, Vec::new(), 0);
+        let outcome = loop {
+            match steps.try_next().await {
+                Ok(Some(sqlx::Either::Left(done))) => {
+                    finished += 1;
+                    if finished == reported {
+                        changed = done.rows_affected();
+                    }
+                }
+                Ok(Some(sqlx::Either::Right(row))) => {
+                    if finished + 1 == reported {
+                        rows.push(row);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err),
+            }
+        };
+        drop(steps);
+        if let Err(err) = outcome {
+            if let Some(guard) = self.guard.as_mut() {
+                forget_if_broken(guard, &err);
+            }
+            return Err(err);
+        }
+        Ok((rows, changed))
+    }
+
+    /// Commits; returns what the statement `from_end` places before the `COMMIT` changed.
+    async fn commit(&mut self, from_end: usize) -> Result<u64, sqlx::Error> {
+        let changed = if !self.sent && self.pending_statements == 1 {
+            // Nothing but the `BEGIN`: nothing to commit.
+            self.pending_statements = 0;
+            0
+        } else {
+            let commit = ("COMMIT".to_owned(), sea_query::Values(Vec::new()));
+            self.run_reporting(Some(commit), from_end).await?.1
+        };
+        self.open = false;
+        if let Some(guard) = self.guard.as_mut() {
+            guard.in_transaction = false;
+            guard
+                .commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(changed)
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        if !self.open || !self.sent || guard.live.is_none() {
+            if !self.sent {
+                guard.in_transaction = false;
+            }
+            return;
+        }
+        // The rollback runs while this task still holds the writer, so the next transaction
+        // starts on a clean connection. Without a runtime (a process shutting down), or when
+        // the task never runs, the next writer rolls back first (`in_transaction`).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let Ok(connection) = guard.live() else { return };
+                // An error here is usually "no transaction is active" (its `BEGIN` failed);
+                // a broken connection is reopened by the next writer.
+                if let Err(err) = sqlx::raw_sql("ROLLBACK").execute(connection).await {
+                    forget_if_broken(&mut guard, &err);
+                }
+                guard.in_transaction = false;
+            });
+        }
+    }
 }
 
 /// Storage failures as the services see them.

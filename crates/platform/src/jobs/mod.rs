@@ -298,10 +298,7 @@ impl Jobs {
 
     /// Runs one statement in a transaction of its own; returns the rows it changed.
     async fn write(&self, statement: &impl crate::db::SqlxBinder) -> Result<u64, sqlx::Error> {
-        let mut tx = self.db.begin().await?;
-        let changed = tx.execute(statement).await?;
-        tx.commit().await?;
-        Ok(changed)
+        self.db.begin().await?.commit_after(statement).await
     }
 
     /// Enqueues `job` inside `tx`, so it exists exactly when the change that asks for it
@@ -490,10 +487,12 @@ impl Jobs {
                     .to_owned();
                 let row: Option<(String,)> = tx.fetch_optional(&batch).await?;
                 let jobs = row.map_or_else(Vec::new, |(json,)| jobs_from_json(&json));
-                if !jobs.is_empty() {
-                    tx.execute(&update).await?;
+                if jobs.is_empty() {
+                    tx.commit().await?;
+                } else {
+                    tx.commit_after(&update).await?;
                 }
-                jobs
+                return Ok(jobs);
             }
         };
         tx.commit().await?;
