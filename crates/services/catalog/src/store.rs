@@ -1,11 +1,13 @@
 //! Catalog storage: the only place with SQL. Constraint violations become domain errors here.
 
+use std::collections::{BTreeMap, HashMap};
+
 use chrono::{DateTime, Utc};
 use logicore_contracts::stock::{ReserveLine, ReservedLine};
 use logicore_contracts::{CategoryId, OrderId, ProductId};
 use logicore_platform::bus::{Bus, NewEvent};
-use logicore_platform::db::{self, Db, Tx, Violation};
-use sea_query::{Expr, ExprTrait, Iden, Order, Query, SelectStatement};
+use logicore_platform::db::{self, Backend, Db, Tx, Violation};
+use sea_query::{CaseStatement, Expr, ExprTrait, Iden, Order, Query, SelectStatement};
 use uuid::Uuid;
 
 use crate::domain::{Category, CategoryFields, Product, ProductFields};
@@ -465,6 +467,7 @@ impl From<ReservationRow> for ReservedLine {
 
 #[derive(Debug, sqlx::FromRow)]
 struct TakenRow {
+    id: Uuid,
     sku: String,
     name: String,
     price_cents: i64,
@@ -528,6 +531,71 @@ impl CatalogStore {
         Ok(reserved)
     }
 
+    /// Takes each line's quantity (summed per product) from products that have enough;
+    /// returns the products taken by id. Any product missing from the answer means the whole
+    /// reservation fails, and the caller rolls back what was taken.
+    ///
+    /// PostgreSQL takes the products one statement each, in id order, so two orders never wait
+    /// on each other's row locks in a cycle; SQLite has one writer (no such waits) and takes
+    /// them all with one statement.
+    async fn take_stock(
+        tx: &mut Tx,
+        lines: &[ReserveLine],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<Uuid, TakenRow>, sqlx::Error> {
+        let mut wanted: BTreeMap<Uuid, i64> = BTreeMap::new();
+        for line in lines {
+            *wanted.entry(line.product_id.as_uuid()).or_default() += i64::from(line.quantity);
+        }
+        let take = |products: &[(Uuid, i64)]| {
+            let quantity = products
+                .iter()
+                .fold(CaseStatement::new(), |case, (id, quantity)| {
+                    case.case(Expr::col(Products::Id).eq(*id), *quantity)
+                });
+            let quantity: Expr = if let [(_, only)] = products {
+                Expr::val(*only)
+            } else {
+                quantity.into()
+            };
+            Query::update()
+                .table(Products::Table)
+                .value(
+                    Products::Stock,
+                    Expr::col(Products::Stock).sub(quantity.clone()),
+                )
+                .value(Products::UpdatedAt, now)
+                .and_where(Expr::col(Products::Id).is_in(products.iter().map(|(id, _)| *id)))
+                .and_where(Expr::col(Products::Stock).gte(quantity))
+                .returning(Query::returning().columns([
+                    Products::Id,
+                    Products::Sku,
+                    Products::Name,
+                    Products::PriceCents,
+                    Products::Currency,
+                ]))
+                .to_owned()
+        };
+        let wanted: Vec<(Uuid, i64)> = wanted.into_iter().collect();
+        let mut taken = HashMap::with_capacity(wanted.len());
+        match tx.backend() {
+            Backend::Sqlite => {
+                let rows: Vec<TakenRow> = tx.fetch_all(&take(&wanted)).await?;
+                taken.extend(rows.into_iter().map(|row| (row.id, row)));
+            }
+            Backend::Postgres => {
+                for product in &wanted {
+                    let row: Option<TakenRow> = tx
+                        .fetch_optional(&take(std::slice::from_ref(product)))
+                        .await?;
+                    let Some(row) = row else { break };
+                    taken.insert(row.id, row);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
     /// Takes `lines` out of stock for a new `order` (one that has no reservation: it is
     /// being written in the same transaction) inside the caller's transaction; nothing is
     /// committed, and after an error the caller rolls back.
@@ -537,49 +605,39 @@ impl CatalogStore {
         lines: &[ReserveLine],
         now: DateTime<Utc>,
     ) -> Result<Vec<ReservedLine>, ReserveFailure> {
-        // Products are taken in id order so two orders never wait on each other in a cycle.
+        let taken = Self::take_stock(tx, lines, now).await?;
+        // The first line (in product order) whose product could not be taken tells why.
         let mut by_product: Vec<(usize, &ReserveLine)> = lines.iter().enumerate().collect();
         by_product.sort_by_key(|(_, line)| line.product_id);
-        let mut reserved = vec![None; lines.len()];
-        for (index, line) in by_product {
-            let take = Query::update()
-                .table(Products::Table)
-                .value(
-                    Products::Stock,
-                    Expr::col(Products::Stock).sub(i64::from(line.quantity)),
-                )
-                .value(Products::UpdatedAt, now)
+        if let Some(&(index, line)) = by_product
+            .iter()
+            .find(|(_, line)| !taken.contains_key(&line.product_id.as_uuid()))
+        {
+            let left = Query::select()
+                .column(Products::Stock)
+                .from(Products::Table)
                 .and_where(Expr::col(Products::Id).eq(line.product_id.as_uuid()))
-                .and_where(Expr::col(Products::Stock).gte(i64::from(line.quantity)))
-                .returning(Query::returning().columns([
-                    Products::Sku,
-                    Products::Name,
-                    Products::PriceCents,
-                    Products::Currency,
-                ]))
                 .to_owned();
-            let taken: Option<TakenRow> = tx.fetch_optional(&take).await?;
-            let Some(taken) = taken else {
-                let left = Query::select()
-                    .column(Products::Stock)
-                    .from(Products::Table)
-                    .and_where(Expr::col(Products::Id).eq(line.product_id.as_uuid()))
-                    .to_owned();
-                let left: Option<StockRow> = tx.fetch_optional(&left).await?;
-                return Err(match left {
-                    None => ReserveFailure::Unknown(index),
-                    Some(row) => ReserveFailure::Short(index, row.stock),
-                });
-            };
-            reserved[index] = Some(ReservedLine {
-                product_id: line.product_id,
-                sku: taken.sku,
-                name: taken.name,
-                quantity: line.quantity,
-                unit_price_cents: taken.price_cents,
-                currency: taken.currency,
+            let left: Option<StockRow> = tx.fetch_optional(&left).await?;
+            return Err(match left {
+                None => ReserveFailure::Unknown(index),
+                Some(row) => ReserveFailure::Short(index, row.stock),
             });
         }
+        let reserved: Vec<Option<ReservedLine>> = lines
+            .iter()
+            .map(|line| {
+                let taken = taken.get(&line.product_id.as_uuid())?;
+                Some(ReservedLine {
+                    product_id: line.product_id,
+                    sku: taken.sku.clone(),
+                    name: taken.name.clone(),
+                    quantity: line.quantity,
+                    unit_price_cents: taken.price_cents,
+                    currency: taken.currency.clone(),
+                })
+            })
+            .collect();
         let reserved: Vec<ReservedLine> = reserved.into_iter().flatten().collect();
         let mut insert = Query::insert()
             .into_table(StockReservations::Table)
@@ -606,7 +664,8 @@ impl CatalogStore {
                 line.currency.clone().into(),
             ]);
         }
-        tx.execute(&insert).await?;
+        // The order is new (see above): no reservation of it can exist.
+        tx.execute_later(&insert).await?;
         Ok(reserved)
     }
 

@@ -105,6 +105,35 @@ async fn reservations_over_http_are_all_or_nothing_idempotent_and_released() {
             "{label}"
         );
 
+        // Two lines of one product take their sum, or nothing when the sum is short.
+        let twice = |first, second| {
+            [first, second].map(|quantity| ReserveLine {
+                product_id: pallets,
+                quantity,
+            })
+        };
+        assert_eq!(
+            stock.reserve(OrderId::generate(), &twice(2, 2)).await,
+            Err(StockError::Insufficient {
+                line: 0,
+                available: 3
+            }),
+            "{label}"
+        );
+        let both = OrderId::generate();
+        let reserved_twice = stock.reserve(both, &twice(1, 2)).await.unwrap();
+        assert_eq!(
+            reserved_twice
+                .iter()
+                .map(|line| line.quantity)
+                .collect::<Vec<_>>(),
+            [1, 2],
+            "{label}"
+        );
+        assert_eq!(stock_of(&service, pallets).await, 0, "{label}");
+        stock.release(both).await.unwrap();
+        assert_eq!(stock_of(&service, pallets).await, 3, "{label}");
+
         // Releases racing each other (the orders service and its retry job) give back once.
         let mut releases = tokio::task::JoinSet::new();
         for _ in 0..8 {
