@@ -248,6 +248,7 @@ async fn a_failing_handler_is_retried_and_nothing_is_lost_or_doubled() {
         let settings = BusSettings {
             poll_interval: Duration::from_millis(20),
             batch: 16,
+            ..BusSettings::default()
         };
         let relay = tokio::spawn(bus.clone().run_relay(settings, shutdown.clone()));
         let runner = tokio::spawn(bus.clone().run_consumer(
@@ -289,6 +290,7 @@ async fn concurrent_writers_and_relays_leave_no_gap_behind_a_running_consumer() 
         let settings = BusSettings {
             poll_interval: Duration::from_millis(5),
             batch: 50,
+            ..BusSettings::default()
         };
         // Two relays, as two worker processes would run.
         let relays = [

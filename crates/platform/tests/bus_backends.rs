@@ -214,6 +214,7 @@ impl Rig {
         BusSettings {
             poll_interval: Duration::from_millis(50),
             batch: 64,
+            ..BusSettings::default()
         }
     }
 

@@ -100,6 +100,7 @@ async fn jobs_and_events_of_another_process_are_picked_up_at_once() {
     let settings = BusSettings {
         poll_interval: NEVER,
         batch: 64,
+        ..BusSettings::default()
     };
     let counter = Arc::new(Counter {
         handled: AtomicU32::new(0),

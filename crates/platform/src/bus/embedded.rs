@@ -38,6 +38,11 @@ pub struct BusSettings {
     pub poll_interval: Duration,
     /// Events per relay or consumer transaction.
     pub batch: u32,
+    /// How long the relay and each consumer wait after a round that did not fill a batch
+    /// before the next, so that under load each write transaction carries many events
+    /// instead of one (each would otherwise take a turn of the single SQLite writer, or a
+    /// PostgreSQL commit, per order). It is what an event may wait at each step when idle.
+    pub linger: Duration,
 }
 
 impl Default for BusSettings {
@@ -45,7 +50,19 @@ impl Default for BusSettings {
         BusSettings {
             poll_interval: Duration::from_millis(100),
             batch: 256,
+            linger: Duration::from_millis(5),
         }
+    }
+}
+
+/// Waits `linger` unless `shutdown` comes first; false on shutdown.
+async fn linger(linger: Duration, shutdown: &CancellationToken) -> bool {
+    if linger.is_zero() {
+        return !shutdown.is_cancelled();
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(linger) => true,
     }
 }
 
@@ -86,7 +103,8 @@ impl Bus {
     pub async fn relay_once(&self, limit: u32) -> Result<u64, sqlx::Error> {
         let mut tx = self.db.begin().await?;
         let published = match tx.backend() {
-            // The writer is single, so sequence numbers already follow commit order.
+            // The writer is single, so sequence numbers already follow commit order; the
+            // update and the commit reach the connection together.
             Backend::Sqlite => {
                 let pending = Query::select()
                     .column(OutboxColumn::Seq)
@@ -101,7 +119,8 @@ impl Bus {
                     .value(OutboxColumn::PublishedAt, now())
                     .and_where(Expr::col(OutboxColumn::Seq).in_subquery(pending))
                     .to_owned();
-                tx.execute(&publish).await?
+                let published = tx.commit_after(&publish).await?;
+                return Ok(self.after_publishing(published));
             }
             // Relays take turns (the lock is held to the commit), so positions become visible
             // in order; within a batch they follow the write order (PostgreSQL evaluates the
@@ -119,11 +138,16 @@ impl Bus {
             }
         };
         tx.commit().await?;
+        Ok(self.after_publishing(published))
+    }
+
+    /// Counts `published` events and wakes this process's consumers; returns the count.
+    fn after_publishing(&self, published: u64) -> u64 {
         if published > 0 {
             metrics::counter!("bus_events_published_total").increment(published);
             self.db.events_published();
         }
-        Ok(published)
+        published
     }
 
     /// Runs the relay until `shutdown`: publishes whenever this process committed events
@@ -139,6 +163,9 @@ impl Bus {
                 () = shutdown.cancelled() => return,
                 () = self.db.woken(crate::db::Topic::Events) => {}
                 () = tokio::time::sleep(settings.poll_interval) => {}
+            }
+            if !linger(settings.linger, &shutdown).await {
+                return;
             }
         }
     }
@@ -242,15 +269,16 @@ impl Bus {
             tokio::pin!(published);
             published.as_mut().enable();
             let wait = match self.consume_once(consumer.as_ref(), batch).await {
-                Ok(0) => {
+                // A full batch: more are likely waiting.
+                Ok(read) if read == batch as usize => {
                     batch = Ord::max(settings.batch, 1);
                     failures = 0;
-                    settings.poll_interval
+                    continue;
                 }
                 Ok(_) => {
                     batch = Ord::max(settings.batch, 1);
                     failures = 0;
-                    continue;
+                    settings.poll_interval
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);
@@ -275,6 +303,9 @@ impl Bus {
                 () = shutdown.cancelled() => return,
                 () = published => {}
                 () = tokio::time::sleep(wait) => {}
+            }
+            if !linger(settings.linger, &shutdown).await {
+                return;
             }
         }
     }

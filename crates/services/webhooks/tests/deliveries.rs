@@ -182,6 +182,7 @@ impl Harness {
         let bus_settings = BusSettings {
             poll_interval: Duration::from_millis(50),
             batch: 64,
+            ..BusSettings::default()
         };
         tokio::spawn(worker.run(shutdown.clone()));
         tokio::spawn(bus.clone().run_relay(bus_settings, shutdown.clone()));
