@@ -7,6 +7,7 @@
 #   bench/orders/run.sh                    # both databases
 #   BACKENDS=sqlite bench/orders/run.sh    # one
 #   DURATION=30 CONNECTIONS=16 ...         # wrk settings (defaults shown)
+#   LOGICORE_BIN=/path/to/logicore ...     # run that binary instead of building one
 #   PROFILE=1 ...                          # then perf-record the platform under load
 #                                          # into $PROFILE_DIR/orders-<backend>.perf (/tmp)
 #
@@ -27,10 +28,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/logicore-target}"
 if ! command -v wrk >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 fi
-cargo build --release -p logicore --locked
-BIN="$CARGO_TARGET_DIR/release/logicore"
+if [ -n "${LOGICORE_BIN:-}" ]; then
+  BIN="$LOGICORE_BIN"   # a given build (A/B runs of two binaries)
+else
+  cargo build --release -p logicore --locked
+  BIN="$CARGO_TARGET_DIR/release/logicore"
+fi
 WORK="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi' EXIT
 GATEWAY=127.0.0.1:18080
 ADMIN_EMAIL=bench-admin@example.com
 ADMIN_PASSWORD="bench admin password"
@@ -76,14 +81,18 @@ wrk.headers["content-type"] = "application/json"
 wrk.headers["authorization"] = "Bearer $token"
 local statuses = {}
 request = function()
-  local a = products[math.random(#products)]
-  local b = products[math.random(#products)]
-  if a == b then b = products[(math.random(#products - 1) % #products) + 1] end
+  -- two different products (an order may not name one twice)
+  local i = math.random(#products)
+  local j = (i + math.random(#products - 1) - 1) % #products + 1
+  local a, b = products[i], products[j]
   local body = '{"items":[{"product_id":"' .. a .. '","quantity":1},{"product_id":"' .. b .. '","quantity":2}],'
     .. '"shipping_address":{"name":"Buyer","line1":"1 Dock Road","city":"Hamburg","postal_code":"20457","country":"DE"}}'
   return wrk.format(nil, "/api/v1/orders", nil, body)
 end
-response = function(status) statuses[status] = (statuses[status] or 0) + 1 end
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status > 299 and statuses[status] <= 3 then io.write("answer " .. status .. ": " .. body .. "\n") end
+end
 done = function(summary, latency, requests)
   io.write(string.format("non-2xx: %d\n", summary.errors.status))
 end
