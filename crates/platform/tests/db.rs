@@ -327,3 +327,18 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     );
     assert_eq!(counter_names(db).await.len(), 600);
 }
+
+/// After `close` (shutdown) no writer gets a connection on any backend.
+#[tokio::test]
+async fn a_closed_handle_refuses_writers() {
+    for test_db in TestDb::all().await {
+        test_db.db.close().await;
+        let refused = test_db.db.begin().await;
+        assert!(
+            matches!(refused, Err(sqlx::Error::PoolClosed)),
+            "{}: {:?}",
+            test_db.label(),
+            refused.err()
+        );
+    }
+}

@@ -196,7 +196,8 @@ impl Db {
         result
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE` on the SQLite writer).
+    /// Starts a write transaction (on SQLite: takes the writer; its `BEGIN IMMEDIATE` goes
+    /// with the first statement, so waiting on another process's write lock shows there).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let inner = match &self.pools {
             Pools::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin().await?),
@@ -432,8 +433,10 @@ struct SqliteWriter {
 
 #[derive(Debug)]
 struct WriterConnection {
-    /// `None` after the connection broke (or was closed); reopened by the next writer.
+    /// `None` after the connection broke; reopened by the next writer.
     live: Option<SqliteConnection>,
+    /// [`Db::close`] ran: no more writers.
+    closed: bool,
     /// A transaction was begun and not yet committed or rolled back (its rollback task never
     /// ran, say): the next writer rolls it back first.
     in_transaction: bool,
@@ -466,6 +469,7 @@ impl SqliteWriter {
         Ok(SqliteWriter {
             connection: std::sync::Arc::new(tokio::sync::Mutex::new(WriterConnection {
                 live: Some(live),
+                closed: false,
                 in_transaction: false,
                 options,
                 commits,
@@ -483,6 +487,9 @@ impl SqliteWriter {
         )
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        if guard.closed {
+            return Err(sqlx::Error::PoolClosed);
+        }
         if guard.live.is_none() {
             guard.live = Some(SqliteConnection::connect_with(&guard.options).await?);
             guard.in_transaction = false;
@@ -515,6 +522,7 @@ impl SqliteWriter {
     async fn close(&self) {
         self.checkpointer.token().cancel();
         let mut guard = self.connection.lock().await;
+        guard.closed = true;
         if let Some(connection) = guard.live.take() {
             let _ = connection.close().await;
         }
