@@ -342,3 +342,44 @@ async fn a_closed_handle_refuses_writers() {
         );
     }
 }
+
+/// `fetch_then_commit` answers with the query's rows (not the statement's) and commits the
+/// statement; `commit_after` answers with the statement's count.
+#[tokio::test]
+async fn fetch_then_commit_and_commit_after_report_their_own_statement() {
+    for test_db in TestDb::all().await {
+        let db = &test_db.db;
+        apply_migrations(db, &[COUNTERS]).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_later(&set_counter("a", 1)).await.unwrap();
+        let changed = tx.commit_after(&set_counter("b", 2)).await.unwrap();
+        assert_eq!(changed, 1, "{}", test_db.label());
+
+        let select = Query::select()
+            .column(Counters::Value)
+            .from(Counters::Table)
+            .order_by(Counters::Name, sea_query::Order::Asc)
+            .to_owned();
+        let double = Query::update()
+            .table(Counters::Table)
+            .value(Counters::Value, Expr::col(Counters::Value).mul(2))
+            .to_owned();
+        let rows: Vec<Counter> = db
+            .begin()
+            .await
+            .unwrap()
+            .fetch_then_commit(&select, &double)
+            .await
+            .unwrap();
+        let read: Vec<i64> = rows.iter().map(|row| row.value).collect();
+        assert_eq!(
+            read,
+            [1, 2],
+            "{}: rows as read before the update",
+            test_db.label()
+        );
+        let after: Vec<Counter> = db.fetch_all(&select).await.unwrap();
+        let after: Vec<i64> = after.iter().map(|row| row.value).collect();
+        assert_eq!(after, [2, 4], "{}: the update committed", test_db.label());
+    }
+}

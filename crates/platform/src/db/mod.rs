@@ -373,7 +373,7 @@ impl Tx {
                 let started = Instant::now();
                 let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
                 tx.defer(&sql, values.0.0);
-                let changed = tx.commit(1).await?;
+                let (_, changed) = tx.commit(1).await?;
                 log_if_slow(started, self.slow_query);
                 Ok(changed)
             }
@@ -381,6 +381,37 @@ impl Tx {
                 let changed = self.execute(statement).await?;
                 self.commit().await?;
                 Ok(changed)
+            }
+        }
+    }
+
+    /// Runs `query`, then `statement`, and commits; returns the query's rows. On SQLite all
+    /// of it reaches the connection together, so `statement` must not need the rows — only
+    /// the same data (a claim that reads a batch and then marks the same selection, say).
+    pub async fn fetch_then_commit<T: Row>(
+        mut self,
+        query: &impl SqlxBinder,
+        statement: &impl SqlxBinder,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
+                let started = Instant::now();
+                let (sql, values) = query.build_sqlx(SqliteQueryBuilder);
+                tx.defer(&sql, values.0.0);
+                let (sql, values) = statement.build_sqlx(SqliteQueryBuilder);
+                tx.defer(&sql, values.0.0);
+                let (rows, _) = tx.commit(2).await?;
+                log_if_slow(started, self.slow_query);
+                Ok(rows
+                    .iter()
+                    .map(T::from_row)
+                    .collect::<Result<Vec<T>, _>>()?)
+            }
+            TxInner::Postgres(_) => {
+                let rows = self.fetch_all(query).await?;
+                self.execute(statement).await?;
+                self.commit().await?;
+                Ok(rows)
             }
         }
     }
@@ -673,15 +704,16 @@ impl SqliteTx {
         Ok((rows, changed))
     }
 
-    /// Commits; returns what the statement `from_end` places before the `COMMIT` changed.
-    async fn commit(&mut self, from_end: usize) -> Result<u64, sqlx::Error> {
-        let changed = if !self.sent && self.pending_statements == 1 {
+    /// Commits; returns the rows and the change count of the statement `from_end` places
+    /// before the `COMMIT`.
+    async fn commit(&mut self, from_end: usize) -> Result<(Vec<SqliteRow>, u64), sqlx::Error> {
+        let outcome = if !self.sent && self.pending_statements == 1 {
             // Nothing but the `BEGIN`: nothing to commit.
             self.pending_statements = 0;
-            0
+            (Vec::new(), 0)
         } else {
             let commit = ("COMMIT".to_owned(), sea_query::Values(Vec::new()));
-            self.run_reporting(Some(commit), from_end).await?.1
+            self.run_reporting(Some(commit), from_end).await?
         };
         self.open = false;
         if let Some(guard) = self.guard.as_mut() {
@@ -690,7 +722,7 @@ impl SqliteTx {
                 .commits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        Ok(changed)
+        Ok(outcome)
     }
 }
 

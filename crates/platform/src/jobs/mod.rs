@@ -468,7 +468,8 @@ impl Jobs {
             // The batch is read as one JSON row and then marked, inside one write transaction
             // of the single writer (nobody else can claim in between, and the same ordered
             // selection finds the same rows): SQLite rows cross a thread one by one in sqlx,
-            // so one row instead of hundreds is most of the cost of a claim.
+            // so one row instead of hundreds is most of the cost of a claim. The read, the
+            // marking and the commit go to the connection together.
             Backend::Sqlite => {
                 let batch = Query::select()
                     .expr(Expr::cust(
@@ -485,14 +486,10 @@ impl Jobs {
                         "batch",
                     )
                     .to_owned();
-                let row: Option<(String,)> = tx.fetch_optional(&batch).await?;
-                let jobs = row.map_or_else(Vec::new, |(json,)| jobs_from_json(&json));
-                if jobs.is_empty() {
-                    tx.commit().await?;
-                } else {
-                    tx.commit_after(&update).await?;
-                }
-                return Ok(jobs);
+                let rows: Vec<(String,)> = tx.fetch_then_commit(&batch, &update).await?;
+                return Ok(rows
+                    .first()
+                    .map_or_else(Vec::new, |(json,)| jobs_from_json(json)));
             }
         };
         tx.commit().await?;
