@@ -215,7 +215,13 @@ impl Worker {
                     .into_iter()
                     .map(|(job, handler, permit)| async move {
                         let started = Instant::now();
-                        let result = AssertUnwindSafe(handler(job.clone()))
+                        // The outcome keeps what failing needs, not the payload.
+                        let outcome_job = Job {
+                            payload: serde_json::Value::Null,
+                            kind: job.kind.clone(),
+                            ..job
+                        };
+                        let result = AssertUnwindSafe(handler(job))
                             .catch_unwind()
                             .await
                             .unwrap_or_else(|_| {
@@ -223,7 +229,7 @@ impl Worker {
                             });
                         drop(permit);
                         Outcome {
-                            job,
+                            job: outcome_job,
                             result,
                             took: started.elapsed(),
                         }
@@ -275,13 +281,20 @@ async fn complete_batches(
     let mut batch = Vec::with_capacity(256);
     while finished.recv_many(&mut batch, 256).await > 0 {
         let mut done = Vec::with_capacity(batch.len());
+        // Metric handles once per kind and batch, not per job.
+        let mut per_kind: HashMap<String, (metrics::Histogram, u64)> = HashMap::new();
         for outcome in batch.drain(..) {
             let kind = outcome.job.kind.clone();
-            metrics::histogram!("jobs_duration_seconds", "kind" => kind.clone())
-                .record(outcome.took.as_secs_f64());
+            let (durations, completed) = per_kind.entry(kind.clone()).or_insert_with(|| {
+                (
+                    metrics::histogram!("jobs_duration_seconds", "kind" => kind.clone()),
+                    0,
+                )
+            });
+            durations.record(outcome.took.as_secs_f64());
             match outcome.result {
                 Ok(()) => {
-                    metrics::counter!("jobs_completed_total", "kind" => kind).increment(1);
+                    *completed += 1;
                     done.push(outcome.job.id);
                 }
                 Err(error) => {
@@ -319,6 +332,11 @@ async fn complete_batches(
                         }
                     }
                 }
+            }
+        }
+        for (kind, (_, completed)) in per_kind {
+            if completed > 0 {
+                metrics::counter!("jobs_completed_total", "kind" => kind).increment(completed);
             }
         }
         if let Err(err) = jobs.complete(&worker, &done).await {
