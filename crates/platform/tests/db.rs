@@ -25,13 +25,27 @@ struct Counter {
     value: i64,
 }
 
-async fn read_counter(db: &Db) -> i64 {
-    let select = Query::select()
+fn select_hits() -> sea_query::SelectStatement {
+    Query::select()
         .column(Counters::Value)
         .from(Counters::Table)
         .and_where(Expr::col(Counters::Name).eq("hits"))
-        .to_owned();
-    let row: Option<Counter> = db.fetch_optional(&select).await.expect("counter query");
+        .to_owned()
+}
+
+fn set_counter(name: &str, value: i64) -> sea_query::InsertStatement {
+    Query::insert()
+        .into_table(Counters::Table)
+        .columns([Counters::Name, Counters::Value])
+        .values_panic([name.into(), value.into()])
+        .to_owned()
+}
+
+async fn read_counter(db: &Db) -> i64 {
+    let row: Option<Counter> = db
+        .fetch_optional(&select_hits())
+        .await
+        .expect("counter query");
     row.map_or(0, |row| row.value)
 }
 
@@ -75,13 +89,8 @@ async fn concurrent_write_transactions_queue_instead_of_failing() {
     for test_db in TestDb::all().await {
         let db = test_db.db.clone();
         apply_migrations(&db, &[COUNTERS]).await.unwrap();
-        let insert = Query::insert()
-            .into_table(Counters::Table)
-            .columns([Counters::Name, Counters::Value])
-            .values_panic(["hits".into(), 0i64.into()])
-            .to_owned();
         let mut tx = db.begin().await.unwrap();
-        tx.execute(&insert).await.unwrap();
+        tx.execute(&set_counter("hits", 0)).await.unwrap();
         tx.commit().await.unwrap();
 
         let mut tasks = Vec::new();
@@ -89,12 +98,10 @@ async fn concurrent_write_transactions_queue_instead_of_failing() {
             let db = db.clone();
             tasks.push(tokio::spawn(async move {
                 let mut tx = db.begin().await?;
-                let select = Query::select()
-                    .column(Counters::Value)
-                    .from(Counters::Table)
-                    .and_where(Expr::col(Counters::Name).eq("hits"))
-                    .to_owned();
-                let current: Counter = tx.fetch_optional(&select).await?.expect("row exists");
+                let current: Counter = tx
+                    .fetch_optional(&select_hits())
+                    .await?
+                    .expect("row exists");
                 let update = Query::update()
                     .table(Counters::Table)
                     .value(Counters::Value, current.value + 1)
@@ -161,14 +168,6 @@ async fn restricted_deletes_and_duplicates_are_classified_on_every_backend() {
     }
 }
 
-fn set_counter(name: &str, value: i64) -> sea_query::InsertStatement {
-    Query::insert()
-        .into_table(Counters::Table)
-        .columns([Counters::Name, Counters::Value])
-        .values_panic([name.into(), value.into()])
-        .to_owned()
-}
-
 async fn counter_names(db: &Db) -> Vec<String> {
     #[derive(sqlx::FromRow)]
     struct Named {
@@ -202,12 +201,7 @@ async fn later_statements_run_in_order_before_the_next_one() {
         tx.execute_later(&set_counter("hits", 3)).await.unwrap();
         assert_eq!(tx.execute(&bump).await.unwrap(), 3, "{}", test_db.label());
         tx.execute_later(&set_counter("c", 4)).await.unwrap();
-        let select = Query::select()
-            .column(Counters::Value)
-            .from(Counters::Table)
-            .and_where(Expr::col(Counters::Name).eq("hits"))
-            .to_owned();
-        let rows: Vec<Counter> = tx.fetch_all(&select).await.unwrap();
+        let rows: Vec<Counter> = tx.fetch_all(&select_hits()).await.unwrap();
         assert_eq!(rows.len(), 1, "{}", test_db.label());
         assert_eq!(rows[0].value, 13, "{}", test_db.label());
         tx.execute_later(&set_counter("d", 5)).await.unwrap();
@@ -270,16 +264,18 @@ async fn dropped_transactions_roll_back_and_pass_the_writer_on() {
             .await
             .unwrap();
         drop(tx);
-        // A writer task cancelled while its statement runs.
+        // A writer task cancelled in the middle of its transaction.
+        let (wrote, written) = tokio::sync::oneshot::channel();
         let cancelled = {
             let db = db.clone();
             tokio::spawn(async move {
                 let mut tx = db.begin().await.unwrap();
                 tx.execute(&set_counter("cancelled", 1)).await.unwrap();
+                let _ = wrote.send(());
                 std::future::pending::<()>().await;
             })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        written.await.unwrap();
         cancelled.abort();
         let _ = cancelled.await;
         let mut tx = db.begin().await.unwrap();
@@ -314,7 +310,11 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
             .unwrap();
         tx.commit().await.unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The checkpointer runs every 100 ms; give it up to 10 s on a busy machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while size("") <= before + 16 * 1024 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         size("") > before + 16 * 1024 * 1024,
         "the rows reached the database file: {} bytes (was {before})",

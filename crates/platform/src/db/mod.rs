@@ -540,7 +540,6 @@ impl SqliteWriter {
         guard.in_transaction = true;
         let mut tx = SqliteTx {
             guard: Some(guard),
-            open: true,
             sent: false,
             pending: String::new(),
             pending_values: Vec::new(),
@@ -621,9 +620,9 @@ fn forget_if_broken(guard: &mut WriterConnection, error: &sqlx::Error) {
 /// multi-statement query, its parameters bound in order across the statements.
 #[derive(Debug)]
 struct SqliteTx {
-    /// Held until the transaction ended (taken by a rollback on drop).
+    /// Held until the transaction ended (taken by a rollback on drop); its
+    /// `in_transaction` says whether this transaction is still open.
     guard: Option<WriterGuard>,
-    open: bool,
     /// Something reached the connection (its `BEGIN` ran or failed).
     sent: bool,
     pending: String,
@@ -715,7 +714,6 @@ impl SqliteTx {
             let commit = ("COMMIT".to_owned(), sea_query::Values(Vec::new()));
             self.run_reporting(Some(commit), from_end).await?
         };
-        self.open = false;
         if let Some(guard) = self.guard.as_mut() {
             guard.in_transaction = false;
             guard
@@ -731,10 +729,12 @@ impl Drop for SqliteTx {
         let Some(mut guard) = self.guard.take() else {
             return;
         };
-        if !self.open || !self.sent || guard.live.is_none() {
-            if !self.sent {
-                guard.in_transaction = false;
-            }
+        if !self.sent {
+            // Its `BEGIN` never reached the connection: nothing to roll back.
+            guard.in_transaction = false;
+            return;
+        }
+        if !guard.in_transaction || guard.live.is_none() {
             return;
         }
         // The rollback runs while this task still holds the writer, so the next transaction

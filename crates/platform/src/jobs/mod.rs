@@ -453,7 +453,7 @@ impl Jobs {
             .and_where(Expr::col(JobColumn::Id).in_subquery(runnable(&[JobColumn::Id])))
             .to_owned();
         let mut tx = self.db.begin().await?;
-        let jobs = match tx.backend() {
+        match tx.backend() {
             Backend::Postgres => {
                 update.returning(Query::returning().columns([
                     JobColumn::Id,
@@ -463,7 +463,8 @@ impl Jobs {
                     JobColumn::MaxAttempts,
                 ]));
                 let rows: Vec<ClaimedRow> = tx.fetch_all(&update).await?;
-                rows.into_iter().map(Job::from).collect()
+                tx.commit().await?;
+                Ok(rows.into_iter().map(Job::from).collect())
             }
             // The batch is read as one JSON row and then marked, inside one write transaction
             // of the single writer (nobody else can claim in between, and the same ordered
@@ -487,13 +488,11 @@ impl Jobs {
                     )
                     .to_owned();
                 let rows: Vec<(String,)> = tx.fetch_then_commit(&batch, &update).await?;
-                return Ok(rows
+                Ok(rows
                     .first()
-                    .map_or_else(Vec::new, |(json,)| jobs_from_json(json)));
+                    .map_or_else(Vec::new, |(json,)| jobs_from_json(json)))
             }
-        };
-        tx.commit().await?;
-        Ok(jobs)
+        }
     }
 
     /// Marks jobs of `worker` completed (one statement for the batch).

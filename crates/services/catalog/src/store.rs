@@ -346,10 +346,7 @@ impl CatalogStore {
         let affected = tx
             .execute(statement)
             .await
-            .map_err(|err| match db::violation(&err) {
-                Some(violation) => product_violation(violation),
-                None => CatalogError::Storage(err),
-            })?;
+            .map_err(|err| translated(err, product_violation))?;
         if affected == 0 {
             // Nothing changed (no such product): no event either.
             return Ok(0);
@@ -374,12 +371,17 @@ impl CatalogStore {
         let affected = tx
             .execute(statement)
             .await
-            .map_err(|err| match db::violation(&err) {
-                Some(violation) => translate(violation),
-                None => CatalogError::Storage(err),
-            })?;
+            .map_err(|err| translated(err, translate))?;
         tx.commit().await?;
         Ok(affected)
+    }
+}
+
+/// A storage error, its constraint violations turned into domain errors by `translate`.
+fn translated(err: sqlx::Error, translate: fn(Violation) -> CatalogError) -> CatalogError {
+    match db::violation(&err) {
+        Some(violation) => translate(violation),
+        None => CatalogError::Storage(err),
     }
 }
 
@@ -548,15 +550,14 @@ impl CatalogStore {
             *wanted.entry(line.product_id.as_uuid()).or_default() += i64::from(line.quantity);
         }
         let take = |products: &[(Uuid, i64)]| {
-            let quantity = products
-                .iter()
-                .fold(CaseStatement::new(), |case, (id, quantity)| {
-                    case.case(Expr::col(Products::Id).eq(*id), *quantity)
-                });
-            let quantity: Expr = if let [(_, only)] = products {
-                Expr::val(*only)
-            } else {
-                quantity.into()
+            let quantity: Expr = match products {
+                [(_, only)] => Expr::val(*only),
+                _ => products
+                    .iter()
+                    .fold(CaseStatement::new(), |case, (id, quantity)| {
+                        case.case(Expr::col(Products::Id).eq(*id), *quantity)
+                    })
+                    .into(),
             };
             Query::update()
                 .table(Products::Table)

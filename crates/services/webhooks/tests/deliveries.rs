@@ -205,10 +205,15 @@ impl Harness {
 
     /// Another service on the same database and keys, with other settings.
     fn service_with(&self, settings: WebhookSettings) -> WebhooksService {
+        self.service_with_keys(Arc::clone(&self.ring), settings)
+    }
+
+    /// Another service on the same database with other encryption keys.
+    fn service_with_keys(&self, ring: Arc<KeyRing>, settings: WebhookSettings) -> WebhooksService {
         WebhooksService::new(
             WebhookStore::new(self.db.clone()),
             Jobs::new(self.db.clone()),
-            Arc::clone(&self.ring),
+            ring,
             settings,
         )
     }
@@ -761,9 +766,7 @@ async fn secrets_move_to_a_new_key_with_rewrap() {
     let old_entry = KeyRing::generate_entry();
     let new_entry = KeyRing::generate_entry();
     let service = |entries: &str| {
-        WebhooksService::new(
-            WebhookStore::new(app.db.clone()),
-            Jobs::new(app.db.clone()),
+        app.service_with_keys(
             Arc::new(KeyRing::parse(entries, "test").unwrap()),
             settings(&[0], true),
         )
@@ -823,9 +826,7 @@ async fn an_unreadable_secret_fails_the_delivery_instead_of_sending_it_unsigned(
         let label = app.label;
         let receiver = Receiver::start(&[]).await;
         // Registered by a process with other encryption keys than the worker's.
-        let elsewhere = WebhooksService::new(
-            WebhookStore::new(app.db.clone()),
-            Jobs::new(app.db.clone()),
+        let elsewhere = app.service_with_keys(
             Arc::new(KeyRing::parse(&KeyRing::generate_entry(), "other").unwrap()),
             settings(&[0], true),
         );
