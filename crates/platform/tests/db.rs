@@ -285,6 +285,12 @@ async fn dropped_transactions_roll_back_and_pass_the_writer_on() {
     }
 }
 
+/// The size of the test database's file with `suffix` (`""`, `"-wal"`), 0 when missing.
+fn sqlite_file_size(test_db: &TestDb, suffix: &str) -> u64 {
+    let path = test_db.url.expose().trim_start_matches("sqlite://");
+    std::fs::metadata(format!("{path}{suffix}")).map_or(0, |metadata| metadata.len())
+}
+
 /// SQLite's write-ahead log is copied into the database file while writers go on (by the
 /// handle's checkpointer, not inside a commit), and it does not grow without bound.
 #[tokio::test]
@@ -292,14 +298,7 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     let test_db = TestDb::sqlite().await;
     let db = &test_db.db;
     apply_migrations(db, &[COUNTERS]).await.unwrap();
-    let path = test_db
-        .url
-        .expose()
-        .trim_start_matches("sqlite://")
-        .to_owned();
-    let size = |suffix: &str| {
-        std::fs::metadata(format!("{path}{suffix}")).map_or(0, |metadata| metadata.len())
-    };
+    let size = |suffix: &str| sqlite_file_size(&test_db, suffix);
     let before = size("");
     // About 24 MiB through the log, in 600 commits.
     let padding = "x".repeat(40 * 1024);
@@ -326,6 +325,81 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
         size("-wal")
     );
     assert_eq!(counter_names(db).await.len(), 600);
+}
+
+/// Under writes without a pause the log still starts again from its beginning: passive
+/// checkpoints alone never find it fully copied (new frames arrive during each round), so it
+/// grew by every commit — the checkpointer now holds the writer for a restart once the log
+/// is long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_log_restarts_under_steady_writes() {
+    let test_db = TestDb::sqlite().await;
+    let db = &test_db.db;
+    apply_migrations(db, &[COUNTERS]).await.unwrap();
+    let size = |suffix: &str| sqlite_file_size(&test_db, suffix);
+    // About 80 MiB through the log in 2,000 commits, one right after the other.
+    let padding = "x".repeat(40 * 1024);
+    let mut largest: u64 = 0;
+    for batch in 0..2000 {
+        let mut tx = db.begin().await.unwrap();
+        tx.execute(&set_counter(&format!("{batch}-{padding}"), batch))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        largest = Ord::max(largest, size("-wal"));
+    }
+    assert!(
+        largest <= 48 * 1024 * 1024,
+        "the log grew to {largest} bytes while 80 MiB went through it"
+    );
+    assert_eq!(counter_names(db).await.len(), 2000);
+}
+
+/// Files under the temporary directories that this process holds open (SQLite names its
+/// temporary files `etilqs_…` and unlinks them at once).
+#[cfg(target_os = "linux")]
+fn open_sqlite_temp_files() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("etilqs_"))
+        .count()
+}
+
+/// A statement that changes many rows inside a transaction keeps the journal that undoes
+/// just that statement in memory: with SQLite's default a journal over 64 KiB went to a new
+/// temporary file (created, written, unlinked) — for every large claim, completion or relay
+/// round of the single writer.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn sqlite_statement_journals_stay_in_memory() {
+    let test_db = TestDb::sqlite().await;
+    let db = &test_db.db;
+    apply_migrations(db, &[COUNTERS]).await.unwrap();
+    let padding = "x".repeat(1024);
+    let mut tx = db.begin().await.unwrap();
+    for batch in 0..4 {
+        let mut insert = Query::insert()
+            .into_table(Counters::Table)
+            .columns([Counters::Name, Counters::Value])
+            .to_owned();
+        for row in 0..250 {
+            insert.values_panic([format!("{batch}-{row}-{padding}").into(), 0.into()]);
+        }
+        tx.execute(&insert).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    // About 1 MiB of rows changed by one statement of an open transaction.
+    let mut tx = db.begin().await.unwrap();
+    tx.execute(&set_counter("first", 1)).await.unwrap();
+    let bump = Query::update()
+        .table(Counters::Table)
+        .value(Counters::Value, Expr::col(Counters::Value).add(1))
+        .to_owned();
+    assert_eq!(tx.execute(&bump).await.unwrap(), 1001);
+    let temporary = open_sqlite_temp_files();
+    tx.commit().await.unwrap();
+    assert_eq!(temporary, 0, "temporary files open during the transaction");
 }
 
 /// After `close` (shutdown) no writer gets a connection on any backend.
