@@ -164,6 +164,12 @@ impl OrderStore {
                 order.updated_at.into(),
             ])
             .to_owned();
+        if key.is_none() {
+            // Nothing to tell apart without a key (the id is fresh): on SQLite the row goes
+            // to the connection with the transaction's next statement or its commit.
+            tx.execute_later(&insert).await?;
+            return Ok(Inserted::New);
+        }
         match tx.execute(&insert).await {
             Ok(_) => Ok(Inserted::New),
             Err(err) if db::violation(&err) == Some(Violation::Unique) => Ok(Inserted::KeyTaken),
