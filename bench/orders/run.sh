@@ -40,6 +40,8 @@ GATEWAY=127.0.0.1:18080
 ADMIN_EMAIL=bench-admin@example.com
 ADMIN_PASSWORD="bench admin password"
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 
 login() {
@@ -99,7 +101,14 @@ end
 LUA
   } >"$data/orders.lua"
   echo "== orders on $backend: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s (two lines per order, $PRODUCTS products)"
+  local cpu_before; cpu_before="$(cpu_ticks "$pid")"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$data/orders.lua" "http://$GATEWAY" | tee "$data/wrk.txt"
+  # CPU the platform process used per order (user + system): steadier than the rate on a
+  # shared host, and what an optimisation should lower.
+  local cpu_after; cpu_after="$(cpu_ticks "$pid")"
+  local orders; orders="$(awk '/requests in/ {print $1}' "$data/wrk.txt")"
+  python3 -c "import sys; t=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); print(f'platform CPU: {t:.1f} s, {1000*t/int(sys.argv[4]):.3f} ms per order')" \
+    "$cpu_before" "$cpu_after" "$(getconf CLK_TCK)" "$orders"
   local jobs; jobs="$(curl -sf http://127.0.0.1:19080/admin/jobs?limit=1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])')"
   echo "jobs after the run: $jobs"
   if [ -n "${PROFILE:-}" ]; then
