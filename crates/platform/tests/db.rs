@@ -337,10 +337,13 @@ async fn the_sqlite_log_restarts_under_steady_writes() {
     let db = &test_db.db;
     apply_migrations(db, &[COUNTERS]).await.unwrap();
     let size = |suffix: &str| sqlite_file_size(&test_db, suffix);
-    // About 80 MiB through the log in 2,000 commits, one right after the other.
+    // About 120 MiB of rows in 3,000 commits, one right after the other: without restarts the
+    // log holds all of it (about 300 MB with the tree pages); with them it stays near the
+    // 16 MiB mark plus what arrives during one checkpoint round, which on a loaded machine
+    // can be tens of MiB.
     let padding = "x".repeat(40 * 1024);
     let mut largest: u64 = 0;
-    for batch in 0..2000 {
+    for batch in 0..3000 {
         let mut tx = db.begin().await.unwrap();
         tx.execute(&set_counter(&format!("{batch}-{padding}"), batch))
             .await
@@ -349,10 +352,10 @@ async fn the_sqlite_log_restarts_under_steady_writes() {
         largest = Ord::max(largest, size("-wal"));
     }
     assert!(
-        largest <= 48 * 1024 * 1024,
-        "the log grew to {largest} bytes while 80 MiB went through it"
+        largest <= 100 * 1024 * 1024,
+        "the log grew to {largest} bytes while 120 MiB of rows went through it"
     );
-    assert_eq!(counter_names(db).await.len(), 2000);
+    assert_eq!(counter_names(db).await.len(), 3000);
 }
 
 /// Files under the temporary directories that this process holds open (SQLite names its
