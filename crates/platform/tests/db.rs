@@ -291,6 +291,13 @@ fn sqlite_file_size(test_db: &TestDb, suffix: &str) -> u64 {
     std::fs::metadata(format!("{path}{suffix}")).map_or(0, |metadata| metadata.len())
 }
 
+/// Writes one counter in a transaction of its own.
+async fn commit_counter(db: &Db, name: &str, value: i64) {
+    let mut tx = db.begin().await.expect("begin");
+    tx.execute(&set_counter(name, value)).await.expect("insert");
+    tx.commit().await.expect("commit");
+}
+
 /// SQLite's write-ahead log is copied into the database file while writers go on (by the
 /// handle's checkpointer, not inside a commit), and it does not grow without bound.
 #[tokio::test]
@@ -303,11 +310,7 @@ async fn the_sqlite_log_is_checkpointed_beside_the_writer() {
     // About 24 MiB through the log, in 600 commits.
     let padding = "x".repeat(40 * 1024);
     for batch in 0..600 {
-        let mut tx = db.begin().await.unwrap();
-        tx.execute(&set_counter(&format!("{batch}-{padding}"), batch))
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        commit_counter(db, &format!("{batch}-{padding}"), batch).await;
     }
     // The checkpointer runs every 100 ms; give it up to 10 s on a busy machine.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -344,11 +347,7 @@ async fn the_sqlite_log_restarts_under_steady_writes() {
     let padding = "x".repeat(40 * 1024);
     let mut largest: u64 = 0;
     for batch in 0..3000 {
-        let mut tx = db.begin().await.unwrap();
-        tx.execute(&set_counter(&format!("{batch}-{padding}"), batch))
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        commit_counter(db, &format!("{batch}-{padding}"), batch).await;
         largest = Ord::max(largest, size("-wal"));
     }
     assert!(
