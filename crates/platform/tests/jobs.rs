@@ -360,6 +360,57 @@ async fn shutdown_finishes_or_gives_back_running_jobs() {
     }
 }
 
+/// A worker claims ahead of its free slots; jobs it holds but never started go back to the
+/// queue at shutdown without losing an attempt, and only `concurrency` ever run at once.
+#[tokio::test]
+async fn jobs_claimed_ahead_run_within_the_concurrency_and_go_back_unstarted() {
+    for test_db in TestDb::all().await {
+        let label = test_db.label();
+        let jobs = queue(&test_db).await;
+        let mut ids = Vec::new();
+        for n in 0..10 {
+            let id = jobs
+                .enqueue_now(NewJob::new("count", json!({ "n": n })))
+                .await
+                .unwrap()
+                .unwrap();
+            ids.push(id);
+        }
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut worker_settings = settings(Duration::from_secs(30));
+        worker_settings.concurrency = 2;
+        worker_settings.shutdown_grace = Duration::from_millis(100);
+        let mut worker = Worker::new(jobs.clone(), worker_settings);
+        let counter = Arc::clone(&started);
+        worker.register("count", quick_retries(), move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
+            }
+        });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(worker.run(stop.clone()));
+        // Two running and two claimed ahead.
+        wait_until_running(&jobs, 4).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            started.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "{label}: no more than the concurrency at once"
+        );
+        stop.cancel();
+        running.await.unwrap();
+        for id in ids {
+            assert_eq!(
+                state_of(&jobs, id).await,
+                ("available".to_owned(), 0),
+                "{label}: every job given back without a counted attempt"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn housekeeping_purges_completed_jobs_and_keeps_the_rest() {
     use logicore_platform::housekeeping::{self, HousekeepingSettings};

@@ -175,7 +175,11 @@ impl Worker {
                     permits.available_permits()
                 }
             };
-            let limit = u32::try_from(free).unwrap_or(u32::MAX).min(500);
+            // Claim ahead: as many again as there are slots. A claim waits its turn for the
+            // database (behind every order on SQLite's single writer), and jobs that are
+            // already here start the moment a slot frees instead of after that wait.
+            let prefetch = settings.concurrency as usize;
+            let limit = u32::try_from(free + prefetch).unwrap_or(u32::MAX).min(500);
             // Listen before claiming, so a wake-up during the claim is not lost.
             let woken = jobs.woken();
             tokio::pin!(woken);
@@ -198,47 +202,49 @@ impl Worker {
                 }
                 continue;
             }
-            // One task per claimed batch runs its jobs concurrently: a task per job would
-            // wake another runtime thread for every job, which costs more than a no-op job.
-            let mut batch = Vec::with_capacity(claimed.len());
-            for job in claimed {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
+            // Jobs start in chunks as slots free: one task per chunk runs its jobs
+            // concurrently (a task per job would wake another runtime thread for every job,
+            // which costs more than a no-op job). Jobs not started when shutdown comes stay
+            // claimed by this worker and are given back below.
+            let mut waiting = std::collections::VecDeque::from(claimed);
+            let mut stopping = false;
+            while !waiting.is_empty() {
+                let free_now = permits.available_permits().min(waiting.len());
+                let held = match u32::try_from(free_now) {
+                    Ok(count @ 1..) => Arc::clone(&permits).try_acquire_many_owned(count).ok(),
+                    _ => None,
                 };
-                if let Some((handler, _)) = handlers.get(&job.kind) {
-                    batch.push((job, Arc::clone(handler), permit));
-                }
-            }
-            let outcomes = outcomes.clone();
-            running.spawn(async move {
-                let mut jobs: FuturesUnordered<_> = batch
-                    .into_iter()
-                    .map(|(job, handler, permit)| async move {
-                        let started = Instant::now();
-                        // The outcome keeps what failing needs, not the payload.
-                        let outcome_job = Job {
-                            payload: serde_json::Value::Null,
-                            kind: job.kind.clone(),
-                            ..job
-                        };
-                        let result = AssertUnwindSafe(handler(job))
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(JobError::Retry("the handler panicked".into()))
-                            });
-                        drop(permit);
-                        Outcome {
-                            job: outcome_job,
-                            result,
-                            took: started.elapsed(),
+                let mut held = match held {
+                    Some(held) => held,
+                    // Wait for a quarter of the slots (or the jobs left), not slot by slot.
+                    None => {
+                        let want = u32::try_from(waiting.len())
+                            .unwrap_or(u32::MAX)
+                            .min(batch_floor);
+                        tokio::select! {
+                            () = shutdown.cancelled() => {
+                                stopping = true;
+                                break;
+                            }
+                            held = Arc::clone(&permits).acquire_many_owned(want) => match held {
+                                Ok(held) => held,
+                                Err(_) => break,
+                            },
                         }
+                    }
+                };
+                let chunk = waiting
+                    .drain(..held.num_permits())
+                    .filter_map(|job| {
+                        let (handler, _) = handlers.get(&job.kind)?;
+                        Some((job, Arc::clone(handler), held.split(1)?))
                     })
                     .collect();
-                while let Some(outcome) = jobs.next().await {
-                    let _ = outcomes.send(outcome);
-                }
-            });
+                run_chunk(&mut running, chunk, &outcomes);
+            }
+            if stopping {
+                break;
+            }
             // Reap finished tasks so the set does not grow.
             while running.try_join_next().is_some() {}
         }
@@ -269,6 +275,46 @@ impl Worker {
         }
         tracing::info!(worker = %worker, "worker stopped");
     }
+}
+
+/// Runs a chunk of started jobs (each holding its slot) in one task; their outcomes go to
+/// the completer.
+fn run_chunk(
+    running: &mut tokio::task::JoinSet<()>,
+    chunk: Vec<(Job, Handler, tokio::sync::OwnedSemaphorePermit)>,
+    outcomes: &mpsc::UnboundedSender<Outcome>,
+) {
+    if chunk.is_empty() {
+        return;
+    }
+    let outcomes = outcomes.clone();
+    running.spawn(async move {
+        let mut jobs: FuturesUnordered<_> = chunk
+            .into_iter()
+            .map(|(job, handler, permit)| async move {
+                let started = Instant::now();
+                // The outcome keeps what failing needs, not the payload.
+                let outcome_job = Job {
+                    payload: serde_json::Value::Null,
+                    kind: job.kind.clone(),
+                    ..job
+                };
+                let result = AssertUnwindSafe(handler(job))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(JobError::Retry("the handler panicked".into())));
+                drop(permit);
+                Outcome {
+                    job: outcome_job,
+                    result,
+                    took: started.elapsed(),
+                }
+            })
+            .collect();
+        while let Some(outcome) = jobs.next().await {
+            let _ = outcomes.send(outcome);
+        }
+    });
 }
 
 /// Writes outcomes: successes in batches (one statement each), failures one by one.
