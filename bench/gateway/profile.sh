@@ -5,6 +5,7 @@
 #   bench/gateway/profile.sh [S1|S2] [seconds]
 #
 # Same pinning as the harness: the gateway on CPU 0, the upstream nginx and wrk on CPU 1.
+# PERF_CALLGRAPH=1 records DWARF call graphs; PERF_KEEP=/path keeps the perf.data file.
 set -euo pipefail
 scenario="${1:-S1}"
 seconds="${2:-10}"
@@ -46,5 +47,6 @@ perf record ${PERF_CALLGRAPH:+--call-graph dwarf} -e cpu-clock -F 2000 -p "$pid"
 echo "gateway RSS under load: $(grep VmRSS "/proc/$pid/status" | awk '{print $2, $3}')"
 wait %3 2>/dev/null || true
 grep -E "Requests/sec|Latency" "$run/wrk.txt" || true
+[ -n "${PERF_KEEP:-}" ] && cp "$run/perf.data" "$PERF_KEEP"
 perf report -i "$run/perf.data" ${PERF_CALLGRAPH:+-G} --no-children --sort "${PERF_SORT:-symbol}" --stdio 2>/dev/null \
   | grep -v "^#" | grep -v "^$" | cut -c1-150 | head -"${PERF_LINES:-45}"

@@ -209,10 +209,7 @@ impl FileSink {
     ) -> Result<Sent, EmailError> {
         let (done, written) = tokio::sync::oneshot::channel();
         let start_flusher = {
-            let mut queue = self
-                .queue
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut queue = self.queue();
             queue.waiting.push(FileWrite {
                 name: file_name(message_id),
                 bytes,
@@ -221,7 +218,13 @@ impl FileSink {
             !std::mem::replace(&mut queue.flushing, true)
         };
         if start_flusher {
-            tokio::spawn(std::sync::Arc::clone(self).flush());
+            tokio::spawn(
+                Flusher {
+                    sink: std::sync::Arc::clone(self),
+                    finished: false,
+                }
+                .run(),
+            );
         }
         written.await.unwrap_or_else(|_| {
             Err(EmailError::Transient(
@@ -230,39 +233,40 @@ impl FileSink {
         })
     }
 
-    /// Writes batches until the queue is empty.
-    async fn flush(self: std::sync::Arc<Self>) {
-        // Whatever ends this task (a panic, a runtime shutting down), the next send starts a
-        // new one; the senders of a lost batch see their answer channel closed.
-        struct Flushing<'a>(&'a FileSink);
-        impl Drop for Flushing<'_> {
-            fn drop(&mut self) {
-                let mut queue = self
-                    .0
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                queue.flushing = false;
-            }
-        }
-        let _flushing = Flushing(&self);
+    fn queue(&self) -> std::sync::MutexGuard<'_, FileQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The task writing batches until it finds the queue empty. It says so under the queue's
+/// lock, so a message queued after that starts the next flusher. Ended any other way (a
+/// panic, a runtime shutting down, never polled), it fails what waits — those senders retry
+/// — and the next send starts a new flusher.
+struct Flusher {
+    sink: std::sync::Arc<FileSink>,
+    finished: bool,
+}
+
+impl Flusher {
+    async fn run(mut self) {
         loop {
             let batch: Vec<FileWrite> = {
-                let mut queue = self
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut queue = self.sink.queue();
+                if queue.waiting.is_empty() {
+                    queue.flushing = false;
+                    self.finished = true;
+                    return;
+                }
                 let take = queue.waiting.len().min(FILE_BATCH);
                 queue.waiting.drain(..take).collect()
             };
-            if batch.is_empty() {
-                return;
-            }
             let (answers, writes): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|write| (write.done, (write.name, write.bytes)))
                 .unzip();
-            let dir = self.dir.clone();
+            let dir = self.sink.dir.clone();
             let results = tokio::task::spawn_blocking(move || write_batch(&dir, writes))
                 .await
                 .unwrap_or_else(|err| {
@@ -272,6 +276,16 @@ impl FileSink {
             for (answer, result) in answers.into_iter().zip(results) {
                 let _ = answer.send(result);
             }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut queue = self.sink.queue();
+            queue.flushing = false;
+            queue.waiting.clear();
         }
     }
 }
@@ -435,6 +449,21 @@ mod tests {
                 Err(err) => panic!("message {n}: {err}"),
             }
         }
+        // Stragglers: the flusher stops and starts again between them; none may be left
+        // waiting in the queue with no flusher.
+        let stragglers = (300..360).map(|n| {
+            let mailer = mailer.clone();
+            let mut email = email();
+            email.message_id = format!("<order-{n}@logicore>");
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_micros(n * 37 % 3000)).await;
+                tokio::time::timeout(std::time::Duration::from_secs(30), mailer.send(&email)).await
+            })
+        });
+        for straggler in stragglers {
+            let sent = straggler.await.unwrap_or_else(|err| panic!("{err}"));
+            assert!(matches!(sent, Ok(Ok(Sent::Delivered))), "{sent:?}");
+        }
         assert_eq!(delivered.len(), 300, "every message delivered");
         assert!(delivered.values().all(|&count| count == 1), "{delivered:?}");
         let names: Vec<String> = std::fs::read_dir(dir.path().join("mail"))
@@ -442,7 +471,7 @@ mod tests {
             .filter_map(Result::ok)
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 300, "no temporary files left: {names:?}");
+        assert_eq!(names.len(), 360, "no temporary files left: {names:?}");
         for n in 0..300 {
             let text = std::fs::read_to_string(
                 dir.path()
