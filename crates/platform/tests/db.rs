@@ -459,3 +459,41 @@ async fn fetch_then_commit_and_commit_after_report_their_own_statement() {
         assert_eq!(after, [2, 4], "{}: the update committed", test_db.label());
     }
 }
+
+/// The server process of the pooled connection a read gets.
+async fn backend_pid(db: &Db) -> i32 {
+    let query = Query::select()
+        .expr(Expr::cust("pg_backend_pid()"))
+        .to_owned();
+    let (pid,): (i32,) = db
+        .fetch_optional(&query)
+        .await
+        .expect("the pooled connection answers")
+        .expect("a row");
+    pid
+}
+
+/// A pooled PostgreSQL connection that sat idle while its server process went away (a
+/// restart, an idle-session timeout) is checked before it is handed out and replaced: the
+/// next statement succeeds. (Busy connections are not pinged on every checkout.)
+#[tokio::test]
+async fn an_idle_postgres_connection_that_died_is_replaced_before_use() {
+    use sqlx::Connection;
+    let Some(base) = logicore_platform::testing::postgres_url() else {
+        return;
+    };
+    let test_db = TestDb::postgres(&base).await;
+    let pid = backend_pid(&test_db.db).await;
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("admin connection");
+    let (terminated,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate the pooled connection's backend");
+    assert!(terminated);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let new_pid = backend_pid(&test_db.db).await;
+    assert_ne!(new_pid, pid);
+}
