@@ -224,7 +224,7 @@ async fn a_failing_later_statement_fails_its_transaction_and_nothing_is_written(
 
         let mut tx = db.begin().await.unwrap();
         tx.execute_later(&set_counter("fresh", 1)).await.unwrap();
-        // SQLite reports the duplicate at the commit it went with, PostgreSQL at once.
+        // The duplicate is reported by the commit it went with.
         let outcome = match tx.execute_later(&set_counter("taken", 2)).await {
             Ok(()) => tx.commit().await,
             Err(err) => Err(err),

@@ -227,6 +227,7 @@ impl Db {
         };
         Ok(Tx {
             inner,
+            later: Vec::new(),
             slow_query: self.slow_query,
         })
     }
@@ -274,6 +275,8 @@ fn log_if_slow(started: Instant, threshold: Duration) {
 #[derive(Debug)]
 pub struct Tx {
     inner: TxInner,
+    /// PostgreSQL: inserts of [`Tx::execute_later`] not sent yet (SQLite keeps its own).
+    later: Vec<(String, sea_query::Values)>,
     slow_query: Duration,
 }
 
@@ -293,6 +296,7 @@ impl Tx {
                 tx.run(Some((sql, values.0))).await?.1
             }
             TxInner::Postgres(tx) => {
+                send_later(tx, &mut self.later).await?;
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
                 sqlx::query_with::<Postgres, _>(AssertSqlSafe(sql), values)
                     .execute(&mut **tx)
@@ -307,9 +311,11 @@ impl Tx {
     /// Runs a statement whose outcome the caller does not need before its next statement:
     /// on SQLite it goes to the connection together with the next statement of the
     /// transaction (or its commit), saving a round trip to the connection's thread; on
-    /// PostgreSQL it runs now. Its failure is the failure of the call it went with, so use
-    /// this only where any failure fails the whole transaction (no constraint the caller
-    /// wants to tell apart), and only for statements that return no rows.
+    /// PostgreSQL plain `INSERT … VALUES` statements wait and go to the server as one
+    /// statement (see [`send_later`]) before the next one, other statements run now. Its
+    /// failure is the failure of the call it went with, so use this only where any failure
+    /// fails the whole transaction (no constraint the caller wants to tell apart), and only
+    /// for statements that return no rows.
     pub async fn execute_later(&mut self, statement: &impl SqlxBinder) -> Result<(), sqlx::Error> {
         match &mut self.inner {
             TxInner::Sqlite(tx) => {
@@ -317,7 +323,25 @@ impl Tx {
                 tx.defer(&sql, values.0.0);
                 Ok(())
             }
-            TxInner::Postgres(_) => self.execute(statement).await.map(drop),
+            TxInner::Postgres(_) => {
+                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                if may_wait(&sql) {
+                    // Rows of one table keep the order they were written in (outbox events
+                    // are numbered as they are inserted), which `WITH` clauses do not keep.
+                    if self
+                        .later
+                        .iter()
+                        .any(|(waiting, _)| insert_target(waiting) == insert_target(&sql))
+                        && let TxInner::Postgres(tx) = &mut self.inner
+                    {
+                        send_later(tx, &mut self.later).await?;
+                    }
+                    self.later.push((sql, values.0));
+                    Ok(())
+                } else {
+                    self.execute(statement).await.map(drop)
+                }
+            }
         }
     }
 
@@ -336,6 +360,7 @@ impl Tx {
                     .collect::<Result<Vec<T>, _>>()?
             }
             TxInner::Postgres(tx) => {
+                send_later(tx, &mut self.later).await?;
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
                 sqlx::query_as_with::<Postgres, T, _>(AssertSqlSafe(sql), values)
                     .fetch_all(&mut **tx)
@@ -366,7 +391,10 @@ impl Tx {
                     .await?
                     .rows_affected()
             }
-            TxInner::Postgres(tx) => sqlx::raw_sql(sql).execute(&mut **tx).await?.rows_affected(),
+            TxInner::Postgres(tx) => {
+                send_later(tx, &mut self.later).await?;
+                sqlx::raw_sql(sql).execute(&mut **tx).await?.rows_affected()
+            }
         };
         Ok(affected)
     }
@@ -380,10 +408,13 @@ impl Tx {
     }
 
     /// Commits the transaction (on SQLite together with the statements still waiting).
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         match self.inner {
             TxInner::Sqlite(mut tx) => tx.commit(0).await.map(drop),
-            TxInner::Postgres(tx) => tx.commit().await,
+            TxInner::Postgres(mut tx) => {
+                send_later(&mut tx, &mut self.later).await?;
+                tx.commit().await
+            }
         }
     }
 
@@ -437,6 +468,97 @@ impl Tx {
             }
         }
     }
+}
+
+/// Whether a PostgreSQL statement may wait for the next one: a plain `INSERT … VALUES`
+/// (no `SELECT` that could miss rows written beside it, no `DO UPDATE` that could meet
+/// another waiting insert's row), which can share one statement with others.
+fn may_wait(sql: &str) -> bool {
+    sql.starts_with("INSERT INTO ")
+        && sql.contains(" VALUES (")
+        && !sql.contains("SELECT")
+        && !sql.contains(" DO UPDATE ")
+}
+
+/// The table an `INSERT INTO <table> …` writes to.
+fn insert_target(sql: &str) -> &str {
+    let rest = sql.strip_prefix("INSERT INTO ").unwrap_or(sql);
+    rest.split_once(' ').map_or(rest, |(table, _)| table)
+}
+
+/// Sends the waiting inserts: one as it is, several as one statement whose data-modifying
+/// `WITH` clauses carry all but the last (one round trip instead of one each). They write
+/// rows of distinct tables and read nothing, so running them as one statement — one
+/// snapshot, in no set order — does what running them in turn would.
+async fn send_later(
+    tx: &mut Transaction<'static, Postgres>,
+    later: &mut Vec<(String, sea_query::Values)>,
+) -> Result<(), sqlx::Error> {
+    if later.is_empty() {
+        return Ok(());
+    }
+    let (sql, values) = combine_inserts(std::mem::take(later));
+    sqlx::query_with::<Postgres, _>(AssertSqlSafe(sql), SqlxValues(values))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// `WITH later_0 AS (<first>), … <last>`, each statement's `$n` parameters renumbered to
+/// follow the previous statements'.
+fn combine_inserts(statements: Vec<(String, sea_query::Values)>) -> (String, sea_query::Values) {
+    let count = statements.len();
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for (index, (statement, statement_values)) in statements.into_iter().enumerate() {
+        let renumbered = shift_parameters(&statement, values.len());
+        if index + 1 < count {
+            sql.push_str(if index == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!("later_{index} AS ({renumbered})"));
+        } else {
+            if count > 1 {
+                sql.push(' ');
+            }
+            sql.push_str(&renumbered);
+        }
+        values.extend(statement_values.0);
+    }
+    (sql, sea_query::Values(values))
+}
+
+/// `sql` with every `$n` parameter outside quotes raised by `offset`.
+fn shift_parameters(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_owned();
+    }
+    let mut shifted = String::with_capacity(sql.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(open) => {
+                if c == open {
+                    quote = None;
+                }
+                shifted.push(c);
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                shifted.push(c);
+            }
+            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut number = 0usize;
+                while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    number = number * 10 + digit as usize;
+                    chars.next();
+                }
+                shifted.push('$');
+                shifted.push_str(&(number + offset).to_string());
+            }
+            None => shifted.push(c),
+        }
+    }
+    shifted
 }
 
 async fn open_sqlite(url: &ConnectionUrl, options: &DbOptions) -> Result<Pools, sqlx::Error> {
@@ -857,4 +979,49 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_inserts_become_one_statement_with_renumbered_parameters() {
+        let statements = vec![
+            (
+                r#"INSERT INTO "a" ("x", "y") VALUES ($1, $2)"#.to_owned(),
+                sea_query::Values(vec![1i64.into(), "one".into()]),
+            ),
+            (
+                r#"INSERT INTO "b" ("z", "$1") VALUES ($1, '$2 stays'), ($2, $3)"#.to_owned(),
+                sea_query::Values(vec![2i64.into(), 3i64.into(), 4i64.into()]),
+            ),
+            (
+                r#"INSERT INTO "c" ("w") VALUES ($1)"#.to_owned(),
+                sea_query::Values(vec![5i64.into()]),
+            ),
+        ];
+        let (sql, values) = combine_inserts(statements);
+        assert_eq!(
+            sql,
+            r#"WITH later_0 AS (INSERT INTO "a" ("x", "y") VALUES ($1, $2)), later_1 AS (INSERT INTO "b" ("z", "$1") VALUES ($3, '$2 stays'), ($4, $5)) INSERT INTO "c" ("w") VALUES ($6)"#
+        );
+        assert_eq!(values.0.len(), 6);
+        assert_eq!(shift_parameters("VALUES ($9, $10)", 3), "VALUES ($12, $13)");
+        let (single, _) = combine_inserts(vec![(
+            "INSERT INTO t VALUES ($1)".to_owned(),
+            sea_query::Values(vec![1i64.into()]),
+        )]);
+        assert_eq!(single, "INSERT INTO t VALUES ($1)");
+        assert!(may_wait(r#"INSERT INTO "t" ("a") VALUES ($1)"#));
+        assert!(!may_wait(r#"INSERT INTO "t" ("a") SELECT 1"#));
+        assert!(!may_wait(
+            r#"INSERT INTO "t" ("a") VALUES ($1) ON CONFLICT ("a") DO UPDATE SET "a" = 1"#
+        ));
+        assert!(!may_wait(r#"UPDATE "t" SET "a" = $1"#));
+        assert_eq!(
+            insert_target(r#"INSERT INTO "outbox" ("a") VALUES ($1)"#),
+            r#""outbox""#
+        );
+    }
 }
