@@ -37,8 +37,6 @@ use sea_query_sqlx::SqlxValues;
 /// How long a connection attempt or a pool checkout may take before it is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A PostgreSQL connection idle for longer is pinged before a checkout hands it out.
-const PG_PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 /// How long SQLite waits on a lock held by another process before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the SQLite write-ahead log is copied into the database when there were commits.
@@ -118,19 +116,6 @@ impl Db {
                     .max_connections(options.max_connections)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .idle_timeout(Duration::from_secs(30))
-                    // sqlx pings every connection as it goes back to the pool; pinging it
-                    // again on the way out cost each transaction and each read one more
-                    // round trip. Only a connection that sat idle (the server may have
-                    // restarted meanwhile) is checked again; a failed check opens a new one.
-                    .test_before_acquire(false)
-                    .before_acquire(|connection, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for > PG_PING_WHEN_IDLE_FOR {
-                                connection.ping().await?;
-                            }
-                            Ok(true)
-                        })
-                    })
                     .connect_with(connect)
                     .await?;
                 Pools::Postgres(pool)
