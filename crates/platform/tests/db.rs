@@ -481,6 +481,7 @@ async fn backend_pid(db: &Db) -> i32 {
 async fn an_idle_postgres_connection_that_died_is_replaced_before_use() {
     use sqlx::Connection;
     let Some(base) = logicore_platform::testing::postgres_url() else {
+        eprintln!("skipped: this test needs LOGICORE_TEST_POSTGRES_URL (a server process to kill)");
         return;
     };
     let test_db = TestDb::postgres(&base).await;
@@ -494,7 +495,19 @@ async fn an_idle_postgres_connection_that_died_is_replaced_before_use() {
         .await
         .expect("terminate the pooled connection's backend");
     assert!(terminated);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Until the server process has exited (termination is a signal).
+    for _ in 0..500 {
+        let (left,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .expect("pg_stat_activity");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let new_pid = backend_pid(&test_db.db).await;
     assert_ne!(new_pid, pid);
 }

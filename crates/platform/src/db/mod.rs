@@ -36,7 +36,6 @@ use sea_query_sqlx::SqlxValues;
 
 /// How long a connection attempt or a pool checkout may take before it is an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long SQLite waits on a lock held by another process before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the SQLite write-ahead log is copied into the database when there were commits.
@@ -281,12 +280,8 @@ impl Tx {
                 tx.run(Some((sql, values.0))).await?.1
             }
             TxInner::Postgres(tx) => {
-                send_later(tx, &mut self.later).await?;
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_with::<Postgres, _>(AssertSqlSafe(sql), values)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
+                execute_after_later(tx, &mut self.later, sql, values).await?
             }
         };
         log_if_slow(started, self.slow_query);
@@ -308,24 +303,25 @@ impl Tx {
                 tx.defer(&sql, values.0.0);
                 Ok(())
             }
-            TxInner::Postgres(_) => {
+            TxInner::Postgres(tx) => {
                 let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                if may_wait(&sql) {
-                    // Rows of one table keep the order they were written in (outbox events
-                    // are numbered as they are inserted), which `WITH` clauses do not keep.
-                    if self
-                        .later
-                        .iter()
-                        .any(|(waiting, _)| insert_target(waiting) == insert_target(&sql))
-                        && let TxInner::Postgres(tx) = &mut self.inner
-                    {
-                        send_later(tx, &mut self.later).await?;
-                    }
-                    self.later.push((sql, values.0));
-                    Ok(())
-                } else {
-                    self.execute(statement).await.map(drop)
+                if !may_wait(&sql) {
+                    let started = Instant::now();
+                    execute_after_later(tx, &mut self.later, sql, values).await?;
+                    log_if_slow(started, self.slow_query);
+                    return Ok(());
                 }
+                // Rows of one table keep the order they were written in (outbox events are
+                // numbered as they are inserted), which `WITH` clauses do not keep.
+                if self
+                    .later
+                    .iter()
+                    .any(|(waiting, _)| insert_target(waiting) == insert_target(&sql))
+                {
+                    send_later(tx, &mut self.later).await?;
+                }
+                self.later.push((sql, values.0));
+                Ok(())
             }
         }
     }
@@ -487,6 +483,20 @@ async fn send_later(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Sends the waiting inserts, then runs `sql`; returns the rows it changed.
+async fn execute_after_later(
+    tx: &mut Transaction<'static, Postgres>,
+    later: &mut Vec<(String, sea_query::Values)>,
+    sql: String,
+    values: SqlxValues,
+) -> Result<u64, sqlx::Error> {
+    send_later(tx, later).await?;
+    Ok(sqlx::query_with::<Postgres, _>(AssertSqlSafe(sql), values)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected())
 }
 
 /// `WITH later_0 AS (<first>), … <last>`, each statement's `$n` parameters renumbered to
