@@ -7,7 +7,7 @@ use logicore_contracts::stock::{ReserveLine, ReservedLine};
 use logicore_contracts::{CategoryId, OrderId, ProductId};
 use logicore_platform::bus::{Bus, NewEvent};
 use logicore_platform::db::{self, Backend, Db, Tx, Violation};
-use sea_query::{CaseStatement, Expr, ExprTrait, Iden, Order, Query, SelectStatement};
+use sea_query::{CaseStatement, Expr, ExprTrait, Iden, LockType, Order, Query, SelectStatement};
 use uuid::Uuid;
 
 use crate::domain::{Category, CategoryFields, Product, ProductFields};
@@ -537,9 +537,10 @@ impl CatalogStore {
     /// returns the products taken by id. Any product missing from the answer means the whole
     /// reservation fails, and the caller rolls back what was taken.
     ///
-    /// PostgreSQL takes the products one statement each, in id order, so two orders never wait
-    /// on each other's row locks in a cycle; SQLite has one writer (no such waits) and takes
-    /// them all with one statement.
+    /// One statement takes them all. On PostgreSQL its subquery locks the rows in id order
+    /// first (`ORDER BY id FOR UPDATE`: the update itself would lock them in whatever order
+    /// its plan visits them), so two orders never wait on each other's row locks in a cycle;
+    /// SQLite has one writer and no such waits.
     async fn take_stock(
         tx: &mut Tx,
         lines: &[ReserveLine],
@@ -549,7 +550,23 @@ impl CatalogStore {
         for line in lines {
             *wanted.entry(line.product_id.as_uuid()).or_default() += i64::from(line.quantity);
         }
+        let backend = tx.backend();
         let take = |products: &[(Uuid, i64)]| {
+            let ids = || Expr::col(Products::Id).is_in(products.iter().map(|(id, _)| *id));
+            let chosen = match (backend, products) {
+                (Backend::Postgres, [_, _, ..]) => {
+                    let mut locked = Query::select()
+                        .column(Products::Id)
+                        .from(Products::Table)
+                        .and_where(ids())
+                        .order_by(Products::Id, Order::Asc)
+                        .to_owned();
+                    locked.lock(LockType::Update);
+                    // The plain condition too, so the plan finds the rows by their key.
+                    ids().and(Expr::col(Products::Id).in_subquery(locked))
+                }
+                _ => ids(),
+            };
             let quantity: Expr = match products {
                 [(_, only)] => Expr::val(*only),
                 _ => products
@@ -566,7 +583,7 @@ impl CatalogStore {
                     Expr::col(Products::Stock).sub(quantity.clone()),
                 )
                 .value(Products::UpdatedAt, now)
-                .and_where(Expr::col(Products::Id).is_in(products.iter().map(|(id, _)| *id)))
+                .and_where(chosen)
                 .and_where(Expr::col(Products::Stock).gte(quantity))
                 .returning(Query::returning().columns([
                     Products::Id,
@@ -578,23 +595,8 @@ impl CatalogStore {
                 .to_owned()
         };
         let wanted: Vec<(Uuid, i64)> = wanted.into_iter().collect();
-        let mut taken = HashMap::with_capacity(wanted.len());
-        match tx.backend() {
-            Backend::Sqlite => {
-                let rows: Vec<TakenRow> = tx.fetch_all(&take(&wanted)).await?;
-                taken.extend(rows.into_iter().map(|row| (row.id, row)));
-            }
-            Backend::Postgres => {
-                for product in &wanted {
-                    let row: Option<TakenRow> = tx
-                        .fetch_optional(&take(std::slice::from_ref(product)))
-                        .await?;
-                    let Some(row) = row else { break };
-                    taken.insert(row.id, row);
-                }
-            }
-        }
-        Ok(taken)
+        let rows: Vec<TakenRow> = tx.fetch_all(&take(&wanted)).await?;
+        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
     }
 
     /// Takes `lines` out of stock for a new `order` (one that has no reservation: it is
