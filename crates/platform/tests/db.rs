@@ -474,9 +474,10 @@ async fn backend_pid(db: &Db) -> i32 {
 }
 
 /// A pooled PostgreSQL connection whose server process went away while it sat in the pool
-/// (a restart, an idle-session timeout) is checked before it is handed out and replaced: the
-/// next statement succeeds. (Skipping the checkout ping for recently used connections, which
-/// saves a round trip per transaction, failed this and the outage test.)
+/// (a restart, an idle-session timeout) is replaced without the caller seeing an error: the
+/// read or `BEGIN` it failed runs again on another connection. (Checkouts do not ping, which
+/// saves a round trip per transaction; skipping that ping without the retry failed this and
+/// the outage test.)
 #[tokio::test]
 async fn an_idle_postgres_connection_that_died_is_replaced_before_use() {
     use sqlx::Connection;
@@ -485,29 +486,44 @@ async fn an_idle_postgres_connection_that_died_is_replaced_before_use() {
         return;
     };
     let test_db = TestDb::postgres(&base).await;
-    let pid = backend_pid(&test_db.db).await;
     let mut admin = sqlx::PgConnection::connect(&base)
         .await
         .expect("admin connection");
+    // A read on the connection whose server process is gone.
+    let pid = backend_pid(&test_db.db).await;
+    terminate(&mut admin, pid).await;
+    let new_pid = backend_pid(&test_db.db).await;
+    assert_ne!(new_pid, pid);
+    // A transaction on it: its `BEGIN` meets the dead connection.
+    terminate(&mut admin, new_pid).await;
+    let mut tx = test_db.db.begin().await.expect("a transaction");
+    let query = Query::select()
+        .expr(Expr::cust("pg_backend_pid()"))
+        .to_owned();
+    let (in_tx,): (i32,) = tx.fetch_optional(&query).await.unwrap().expect("a row");
+    assert_ne!(in_tx, new_pid);
+    tx.commit().await.expect("commit");
+}
+
+/// Ends the server process `pid` and waits until it has exited (termination is a signal).
+async fn terminate(admin: &mut sqlx::PgConnection, pid: i32) {
     let (terminated,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1)")
         .bind(pid)
-        .fetch_one(&mut admin)
+        .fetch_one(&mut *admin)
         .await
         .expect("terminate the pooled connection's backend");
     assert!(terminated);
-    // Until the server process has exited (termination is a signal).
     for _ in 0..500 {
         let (left,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
                 .bind(pid)
-                .fetch_one(&mut admin)
+                .fetch_one(&mut *admin)
                 .await
                 .expect("pg_stat_activity");
         if left == 0 {
-            break;
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let new_pid = backend_pid(&test_db.db).await;
-    assert_ne!(new_pid, pid);
+    panic!("server process {pid} did not exit");
 }

@@ -15,6 +15,7 @@
 mod migrate;
 mod notify;
 
+use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -111,10 +112,14 @@ impl Db {
         let pools = match url.scheme() {
             "postgres" | "postgresql" => {
                 let connect = PgConnectOptions::from_str(url.expose())?;
+                // No ping before each checkout (a round trip per transaction): a connection
+                // that died in the pool fails its first statement, and `retry_lost` runs
+                // that statement again on another connection.
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .idle_timeout(Duration::from_secs(30))
+                    .test_before_acquire(false)
                     .connect_with(connect)
                     .await?;
                 Pools::Postgres(pool)
@@ -148,7 +153,7 @@ impl Db {
                 sqlx::query("SELECT 1").execute(readers).await?;
             }
             Pools::Postgres(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
+                retry_lost(pool, || sqlx::query("SELECT 1").execute(pool)).await?;
             }
         }
         Ok(())
@@ -168,10 +173,12 @@ impl Db {
                     .await
             }
             Pools::Postgres(pool) => {
-                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with::<Postgres, T, _>(AssertSqlSafe(sql), values)
-                    .fetch_all(pool)
-                    .await
+                retry_lost(pool, || {
+                    let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                    sqlx::query_as_with::<Postgres, T, _>(AssertSqlSafe(sql), values)
+                        .fetch_all(pool)
+                })
+                .await
             }
         };
         self.observe(started);
@@ -192,10 +199,12 @@ impl Db {
                     .await
             }
             Pools::Postgres(pool) => {
-                let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_as_with::<Postgres, T, _>(AssertSqlSafe(sql), values)
-                    .fetch_optional(pool)
-                    .await
+                retry_lost(pool, || {
+                    let (sql, values) = statement.build_sqlx(PostgresQueryBuilder);
+                    sqlx::query_as_with::<Postgres, T, _>(AssertSqlSafe(sql), values)
+                        .fetch_optional(pool)
+                })
+                .await
             }
         };
         self.observe(started);
@@ -207,7 +216,7 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         let inner = match &self.pools {
             Pools::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin().await?),
-            Pools::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Pools::Postgres(pool) => TxInner::Postgres(retry_lost(pool, || pool.begin()).await?),
         };
         Ok(Tx {
             inner,
@@ -245,6 +254,42 @@ impl Db {
 
     fn observe(&self, started: Instant) {
         log_if_slow(started, self.slow_query);
+    }
+}
+
+/// Runs `attempt` (a read, or the `BEGIN` of a transaction: nothing that a second run could
+/// do twice) again while it fails because its pooled PostgreSQL connection was lost (the
+/// server restarted, or ended an idle session, while the connection sat in the pool). Each
+/// lost connection leaves the pool as it is given back, so after as many attempts as the pool
+/// holds connections, plus one, a fresh connection has been tried and its error is the answer.
+async fn retry_lost<T, F, Fut>(pool: &PgPool, mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut left = pool.options().get_max_connections() + 1;
+    loop {
+        match attempt().await {
+            Err(error) if left > 1 && connection_lost(&error) => {
+                left -= 1;
+                tracing::debug!(%error, "a pooled PostgreSQL connection was lost; trying another");
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Whether `error` means the connection is gone rather than that the statement failed: an
+/// I/O error, a connection exception (SQLSTATE class 08), or the server ending the session
+/// (`57P01` admin shutdown, `57P02` crash shutdown, `57P03` cannot connect now; a server
+/// that stops sends these to its idle sessions, and they are read as the next answer).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
     }
 }
 

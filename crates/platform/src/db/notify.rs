@@ -123,11 +123,14 @@ impl Announcer {
             .suffix
             .get_or_try_init(|| channel_suffix(&self.pool))
             .await?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(format!("{}{suffix}", topic.prefix()))
-            .execute(&self.pool)
-            .await
-            .map(drop)
+        let channel = format!("{}{suffix}", topic.prefix());
+        super::retry_lost(&self.pool, || {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(channel.as_str())
+                .execute(&self.pool)
+        })
+        .await
+        .map(drop)
     }
 }
 
