@@ -41,6 +41,24 @@ ADMIN_EMAIL=bench-admin@example.com
 ADMIN_PASSWORD="bench admin password"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks (user + system) of every PostgreSQL server process now running.
+pg_ticks() {
+  local total=0 stat rest
+  for stat in /proc/[0-9]*/stat; do
+    read -r rest <"$stat" 2>/dev/null || continue
+    case "$rest" in *"(postgres)"*) ;; *) continue ;; esac
+    rest="${rest##*) }"
+    set -- $rest
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+# Busy CPU ticks of the whole machine (all but idle and iowait).
+host_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+per_order() {
+  python3 -c "import sys; t=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); print(f'{sys.argv[5]}: {t:.1f} s, {1000*t/int(sys.argv[4]):.3f} ms per {sys.argv[6]}')" \
+    "$1" "$2" "$(getconf CLK_TCK)" "$3" "$4" "$5"
+}
 
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[sys.argv[1]])" "$1"; }
 
@@ -101,14 +119,18 @@ end
 LUA
   } >"$data/orders.lua"
   echo "== orders on $backend: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s (two lines per order, $PRODUCTS products)"
-  local cpu_before; cpu_before="$(cpu_ticks "$pid")"
+  local cpu_before pg_before host_before
+  cpu_before="$(cpu_ticks "$pid")"; pg_before="$(pg_ticks)"; host_before="$(host_ticks)"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$data/orders.lua" "http://$GATEWAY" | tee "$data/wrk.txt"
   # CPU the platform process used per order (user + system): steadier than the rate on a
-  # shared host, and what an optimisation should lower.
-  local cpu_after; cpu_after="$(cpu_ticks "$pid")"
+  # shared host, and what an optimisation should lower. The same for the PostgreSQL server
+  # processes, and for the whole machine (the platform, the database and wrk).
+  local cpu_after pg_after host_after
+  cpu_after="$(cpu_ticks "$pid")"; pg_after="$(pg_ticks)"; host_after="$(host_ticks)"
   local orders; orders="$(awk '/requests in/ {print $1}' "$data/wrk.txt")"
-  python3 -c "import sys; t=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); print(f'platform CPU: {t:.1f} s, {1000*t/int(sys.argv[4]):.3f} ms per order')" \
-    "$cpu_before" "$cpu_after" "$(getconf CLK_TCK)" "$orders"
+  per_order "$cpu_before" "$cpu_after" "$orders" "platform CPU" order
+  if [ "$backend" = postgres ]; then per_order "$pg_before" "$pg_after" "$orders" "PostgreSQL CPU" order; fi
+  per_order "$host_before" "$host_after" "$orders" "machine CPU" order
   local jobs; jobs="$(curl -sf http://127.0.0.1:19080/admin/jobs?limit=1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"])')"
   echo "jobs after the run: $jobs"
   if [ -n "${PROFILE:-}" ]; then
@@ -127,7 +149,10 @@ run_pgbench() {
   psql -q "$PGURL" -c "DROP DATABASE IF EXISTS logicore_pgbench" -c "CREATE DATABASE logicore_pgbench"
   pgbench -q -i -s 10 "$PG_BASE/logicore_pgbench" >/dev/null 2>&1
   echo "== pgbench -c 8 -j 2 -T $DURATION -M prepared (TPC-B-like, scale 10), same PostgreSQL"
-  pgbench -c 8 -j 2 -T "$DURATION" -M prepared "$PG_BASE/logicore_pgbench" 2>/dev/null | grep -E "^(tps|latency average|number of failed)"
+  local host_before; host_before="$(host_ticks)"
+  pgbench -c 8 -j 2 -T "$DURATION" -M prepared "$PG_BASE/logicore_pgbench" 2>/dev/null | tee "$WORK/pgbench.txt" | grep -E "^(tps|latency average|number of failed)"
+  local host_after; host_after="$(host_ticks)"
+  per_order "$host_before" "$host_after" "$(awk '/^number of transactions actually processed/ {print $NF}' "$WORK/pgbench.txt")" "machine CPU" transaction
   psql -q "$PGURL" -c "DROP DATABASE IF EXISTS logicore_pgbench"
 }
 
