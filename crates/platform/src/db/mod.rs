@@ -631,9 +631,13 @@ async fn open_sqlite(url: &ConnectionUrl, options: &DbOptions) -> Result<Pools, 
         .pragma("wal_autocheckpoint", "0")
         .pragma("journal_size_limit", "67108864");
     let writer = SqliteWriter::open(writer_options, connect.clone()).await?;
+    // No ping before each checkout: a SQLite connection has no server to lose, and a ping is
+    // one more hand-off to the connection's thread per read (sqlx still pings each connection
+    // as it comes back, which drops one whose thread died).
     let readers = SqlitePoolOptions::new()
         .max_connections(options.max_connections.max(2))
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
         .connect_with(connect.read_only(true))
         .await?;
     Ok(Pools::Sqlite {
