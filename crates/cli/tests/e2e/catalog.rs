@@ -432,6 +432,10 @@ async fn metrics_are_exposed_with_route_templates_and_pass_promtool() {
         r#"gateway_upstream_duration_seconds_count{upstream="catalog",outcome="201"} 1"#,
         "process_resident_memory_bytes ",
         "# HELP http_request_duration_seconds ",
+        // The product was written through the SQLite writer, which records its use.
+        r#"db_sqlite_writer_hold_seconds_bucket{le="0.00005"}"#,
+        "db_sqlite_writer_wait_seconds_count ",
+        "# HELP db_sqlite_writer_hold_seconds ",
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }

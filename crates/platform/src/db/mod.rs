@@ -669,7 +669,36 @@ struct WriterConnection {
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-type WriterGuard = tokio::sync::OwnedMutexGuard<WriterConnection>;
+/// Histogram of the time a transaction waits for the SQLite writer.
+pub const WRITER_WAIT: &str = "db_sqlite_writer_wait_seconds";
+/// Histogram of the time a transaction holds the SQLite writer.
+pub const WRITER_HOLD: &str = "db_sqlite_writer_hold_seconds";
+
+/// The writer, held: the time it is held is recorded when it is given back.
+#[derive(Debug)]
+struct WriterGuard {
+    connection: tokio::sync::OwnedMutexGuard<WriterConnection>,
+    since: Instant,
+}
+
+impl std::ops::Deref for WriterGuard {
+    type Target = WriterConnection;
+    fn deref(&self) -> &WriterConnection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard {
+    fn deref_mut(&mut self) -> &mut WriterConnection {
+        &mut self.connection
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        metrics::histogram!(WRITER_HOLD).record(self.since.elapsed().as_secs_f64());
+    }
+}
 
 impl WriterConnection {
     fn live(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
@@ -707,12 +736,16 @@ impl SqliteWriter {
     /// Waits (at most [`ACQUIRE_TIMEOUT`], like a pool checkout) for the writer, reopening its
     /// connection when the last one broke.
     async fn lock(&self) -> Result<WriterGuard, sqlx::Error> {
-        let mut guard = tokio::time::timeout(
+        let asked = Instant::now();
+        let connection = tokio::time::timeout(
             ACQUIRE_TIMEOUT,
             std::sync::Arc::clone(&self.connection).lock_owned(),
         )
         .await
         .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let since = Instant::now();
+        metrics::histogram!(WRITER_WAIT).record(since.duration_since(asked).as_secs_f64());
+        let mut guard = WriterGuard { connection, since };
         if guard.closed {
             return Err(sqlx::Error::PoolClosed);
         }

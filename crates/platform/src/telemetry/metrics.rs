@@ -20,6 +20,12 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of the SQLite writer's wait and hold times, from 50 µs: a transaction holds the
+/// writer for a fraction of a millisecond.
+pub const WRITER_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
 /// How often histograms are compacted when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -44,6 +50,10 @@ impl MetricsHandle {
 /// `metrics::with_local_recorder` instead.
 pub fn install() -> anyhow::Result<MetricsHandle> {
     let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Prefix("db_sqlite_writer_".to_owned()),
+            &WRITER_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
@@ -121,6 +131,16 @@ fn describe() {
         "jobs_duration_seconds",
         metrics::Unit::Seconds,
         "Time a job's handler ran, by kind."
+    );
+    metrics::describe_histogram!(
+        crate::db::WRITER_WAIT,
+        metrics::Unit::Seconds,
+        "Time a transaction waited for the single SQLite writer."
+    );
+    metrics::describe_histogram!(
+        crate::db::WRITER_HOLD,
+        metrics::Unit::Seconds,
+        "Time a transaction held the single SQLite writer; the rate of its sum is the writer's utilisation."
     );
     metrics::describe_histogram!(
         "webhook_attempt_duration_seconds",
