@@ -257,8 +257,8 @@ impl Db {
     }
 }
 
-/// Runs `attempt` (a read, or the `BEGIN` of a transaction: nothing that a second run could
-/// do twice) again while it fails because its pooled PostgreSQL connection was lost (the
+/// Runs `attempt` (a read, the `BEGIN` of a transaction or a `NOTIFY`: nothing whose second
+/// run would do harm) again while it fails because its pooled PostgreSQL connection was lost (the
 /// server restarted, or ended an idle session, while the connection sat in the pool). Each
 /// lost connection leaves the pool as it is given back, so after as many attempts as the pool
 /// holds connections, plus one, a fresh connection has been tried and its error is the answer.

@@ -550,52 +550,48 @@ impl CatalogStore {
         for line in lines {
             *wanted.entry(line.product_id.as_uuid()).or_default() += i64::from(line.quantity);
         }
-        let backend = tx.backend();
-        let take = |products: &[(Uuid, i64)]| {
-            let ids = || Expr::col(Products::Id).is_in(products.iter().map(|(id, _)| *id));
-            let chosen = match (backend, products) {
-                (Backend::Postgres, [_, _, ..]) => {
-                    let mut locked = Query::select()
-                        .column(Products::Id)
-                        .from(Products::Table)
-                        .and_where(ids())
-                        .order_by(Products::Id, Order::Asc)
-                        .to_owned();
-                    locked.lock(LockType::Update);
-                    // The plain condition too, so the plan finds the rows by their key.
-                    ids().and(Expr::col(Products::Id).in_subquery(locked))
-                }
-                _ => ids(),
-            };
-            let quantity: Expr = match products {
-                [(_, only)] => Expr::val(*only),
-                _ => products
-                    .iter()
-                    .fold(CaseStatement::new(), |case, (id, quantity)| {
-                        case.case(Expr::col(Products::Id).eq(*id), *quantity)
-                    })
-                    .into(),
-            };
-            Query::update()
-                .table(Products::Table)
-                .value(
-                    Products::Stock,
-                    Expr::col(Products::Stock).sub(quantity.clone()),
-                )
-                .value(Products::UpdatedAt, now)
-                .and_where(chosen)
-                .and_where(Expr::col(Products::Stock).gte(quantity))
-                .returning(Query::returning().columns([
-                    Products::Id,
-                    Products::Sku,
-                    Products::Name,
-                    Products::PriceCents,
-                    Products::Currency,
-                ]))
-                .to_owned()
+        let ids = || Expr::col(Products::Id).is_in(wanted.keys().copied());
+        let chosen = match tx.backend() {
+            Backend::Postgres if wanted.len() > 1 => {
+                let mut locked = Query::select()
+                    .column(Products::Id)
+                    .from(Products::Table)
+                    .and_where(ids())
+                    .order_by(Products::Id, Order::Asc)
+                    .to_owned();
+                locked.lock(LockType::Update);
+                // The plain condition too, so the plan finds the rows by their key.
+                ids().and(Expr::col(Products::Id).in_subquery(locked))
+            }
+            _ => ids(),
         };
-        let wanted: Vec<(Uuid, i64)> = wanted.into_iter().collect();
-        let rows: Vec<TakenRow> = tx.fetch_all(&take(&wanted)).await?;
+        let quantity: Expr = match (wanted.len(), wanted.values().next()) {
+            (1, Some(only)) => Expr::val(*only),
+            _ => wanted
+                .iter()
+                .fold(CaseStatement::new(), |case, (id, quantity)| {
+                    case.case(Expr::col(Products::Id).eq(*id), *quantity)
+                })
+                .into(),
+        };
+        let take = Query::update()
+            .table(Products::Table)
+            .value(
+                Products::Stock,
+                Expr::col(Products::Stock).sub(quantity.clone()),
+            )
+            .value(Products::UpdatedAt, now)
+            .and_where(chosen)
+            .and_where(Expr::col(Products::Stock).gte(quantity))
+            .returning(Query::returning().columns([
+                Products::Id,
+                Products::Sku,
+                Products::Name,
+                Products::PriceCents,
+                Products::Currency,
+            ]))
+            .to_owned();
+        let rows: Vec<TakenRow> = tx.fetch_all(&take).await?;
         Ok(rows.into_iter().map(|row| (row.id, row)).collect())
     }
 
